@@ -1,6 +1,7 @@
 //! GGML tensor types: ids as stored in GGUF, block geometry and byte sizes.
 //!
-//! The ids follow upstream ggml (`ggml.h`); `I2_S` is the id used by the
+//! The ids and sizes follow upstream ggml (`ggml.h`, `ggml.c` type traits;
+//! checked against gguf-py's `GGML_QUANT_SIZES` by `tests/tests/dtype_table.rs`); `I2_S` is the id used by the
 //! bitnet.cpp fork (36), which upstream leaves unassigned. Every size
 //! computation is checked, because shapes come from untrusted files.
 
@@ -44,6 +45,8 @@ pub enum GgmlType {
     /// bitnet.cpp's 2-bit ternary type with one f32 scale per tensor.
     I2_S,
     MXFP4,
+    NVFP4,
+    Q1_0,
 }
 
 /// (type, id, name, elements per block, bytes per block)
@@ -84,6 +87,8 @@ const TABLE: &[(GgmlType, u32, &str, usize, usize)] = &[
     // [`GgmlType::tensor_bytes`].
     (GgmlType::I2_S, 36, "I2_S", 128, 32),
     (GgmlType::MXFP4, 39, "MXFP4", 32, 17),
+    (GgmlType::NVFP4, 40, "NVFP4", 64, 36),
+    (GgmlType::Q1_0, 41, "Q1_0", 128, 18),
 ];
 
 /// Bytes appended after the packed codes of an I2_S tensor (f32 scale + 28 padding).
