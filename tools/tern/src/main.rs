@@ -1,1 +1,44 @@
-fn main() {}
+//! The `tern` command line.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+mod inspect;
+
+#[derive(Parser)]
+#[command(name = "tern", version, about = "BitNet b1.58 models on ordinary hardware")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the metadata and the tensor table of a GGUF or safetensors file.
+    ///
+    /// FILE is a .gguf file, a .safetensors file, a sharded
+    /// model.safetensors.index.json, or a folder holding one of those.
+    Inspect {
+        file: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Inspect { file, json } => {
+            let report = inspect::Report::open(&file)?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                report.write_json(&mut out)?;
+            } else {
+                report.write_text(&mut out)?;
+            }
+        }
+    }
+    Ok(())
+}

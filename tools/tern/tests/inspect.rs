@@ -1,0 +1,48 @@
+//! Snapshots of `tern inspect` on committed fixtures (insta).
+
+use std::path::Path;
+use std::process::Command;
+
+fn tern(args: &[&str]) -> (bool, String, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .current_dir(root)
+        .args(args)
+        .output()
+        .expect("run tern");
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).expect("utf-8 stdout"),
+        String::from_utf8(out.stderr).expect("utf-8 stderr"),
+    )
+}
+
+#[test]
+fn inspect_gguf_text() {
+    let (ok, stdout, stderr) = tern(&["inspect", "tests/fixtures/gguf/pywritten.gguf"]);
+    assert!(ok, "{stderr}");
+    insta::assert_snapshot!(stdout);
+}
+
+#[test]
+fn inspect_gguf_json() {
+    let (ok, stdout, stderr) = tern(&["inspect", "--json", "tests/fixtures/gguf/pywritten.gguf"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
+    insta::assert_json_snapshot!(v);
+}
+
+#[test]
+fn inspect_sharded_safetensors_text() {
+    let (ok, stdout, stderr) = tern(&["inspect", "tests/fixtures/safetensors/sharded"]);
+    assert!(ok, "{stderr}");
+    insta::assert_snapshot!(stdout);
+}
+
+#[test]
+fn inspect_bad_file_names_it() {
+    let (ok, _, stderr) = tern(&["inspect", "tests/fixtures/malformed/gguf/bad_magic.gguf"]);
+    assert!(!ok);
+    assert!(stderr.contains("bad_magic.gguf"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
