@@ -1,0 +1,269 @@
+//! Writing safetensors files, laid out as the `safetensors` Python package
+//! lays them out: tensors ordered by dtype (widest alignment first, in the
+//! format's dtype order) then by name, a compact JSON header with
+//! `__metadata__` first, padded with spaces to a multiple of 8 bytes.
+//! `__metadata__` keys are written in sorted order.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ::safetensors::Dtype;
+
+use super::error::{SafetensorsError, SafetensorsErrorKind as Kind};
+use super::header::{MAX_DIMS, MAX_HEADER_LEN};
+
+/// One tensor handed to the writer.
+pub trait WriteTensor {
+    /// Name in the header.
+    fn name(&self) -> &str;
+    /// Element type.
+    fn dtype(&self) -> Dtype;
+    /// Shape, outermost first.
+    fn shape(&self) -> &[usize];
+    /// Little-endian, C-order bytes; must be exactly `numel * bitsize / 8` long.
+    fn data(&self) -> &[u8];
+}
+
+impl<N: AsRef<str>, S: AsRef<[usize]>, D: AsRef<[u8]>> WriteTensor for (N, Dtype, S, D) {
+    fn name(&self) -> &str {
+        self.0.as_ref()
+    }
+    fn dtype(&self) -> Dtype {
+        self.1
+    }
+    fn shape(&self) -> &[usize] {
+        self.2.as_ref()
+    }
+    fn data(&self) -> &[u8] {
+        self.3.as_ref()
+    }
+}
+
+impl<T: WriteTensor + ?Sized> WriteTensor for &T {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn dtype(&self) -> Dtype {
+        (**self).dtype()
+    }
+    fn shape(&self) -> &[usize] {
+        (**self).shape()
+    }
+    fn data(&self) -> &[u8] {
+        (**self).data()
+    }
+}
+
+/// Check the tensors, order them, and build the padded header.
+fn plan<T: WriteTensor>(
+    tensors: &mut [T],
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<u8>, Kind> {
+    let invalid = |t: &T, reason: String| Kind::WriteInvalid {
+        tensor: t.name().to_string(),
+        reason,
+    };
+    for t in tensors.iter() {
+        if t.name() == "__metadata__" {
+            return Err(invalid(t, "`__metadata__` is reserved".into()));
+        }
+        if t.shape().len() > MAX_DIMS {
+            return Err(invalid(t, format!("more than {MAX_DIMS} dimensions")));
+        }
+        let bits = t
+            .shape()
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(t.dtype().bitsize()))
+            .ok_or_else(|| invalid(t, format!("shape {:?} overflows", t.shape())))?;
+        if bits % 8 != 0 {
+            return Err(invalid(
+                t,
+                format!(
+                    "{} elements of {} do not fill whole bytes",
+                    bits / t.dtype().bitsize(),
+                    t.dtype()
+                ),
+            ));
+        }
+        if t.data().len() != bits / 8 {
+            return Err(invalid(
+                t,
+                format!(
+                    "dtype {} and shape {:?} need {} bytes, got {}",
+                    t.dtype(),
+                    t.shape(),
+                    bits / 8,
+                    t.data().len()
+                ),
+            ));
+        }
+    }
+    tensors.sort_by(|a, b| {
+        b.dtype()
+            .cmp(&a.dtype())
+            .then_with(|| a.name().cmp(b.name()))
+    });
+    for w in tensors.windows(2) {
+        if w[0].name() == w[1].name() {
+            return Err(invalid(&w[0], "name given twice".into()));
+        }
+    }
+
+    let json = |s: &str| serde_json::to_string(s).expect("strings serialize");
+    let mut h = String::from("{");
+    if let Some(meta) = metadata {
+        h.push_str("\"__metadata__\":{");
+        for (i, (k, v)) in meta.iter().enumerate() {
+            if i > 0 {
+                h.push(',');
+            }
+            h.push_str(&json(k));
+            h.push(':');
+            h.push_str(&json(v));
+        }
+        h.push('}');
+    }
+    let mut offset = 0usize;
+    for (i, t) in tensors.iter().enumerate() {
+        if i > 0 || metadata.is_some() {
+            h.push(',');
+        }
+        let end = offset + t.data().len();
+        let shape: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
+        h.push_str(&format!(
+            "{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{offset},{end}]}}",
+            json(t.name()),
+            t.dtype(),
+            shape.join(",")
+        ));
+        offset = end;
+    }
+    h.push('}');
+    let mut bytes = h.into_bytes();
+    bytes.resize(bytes.len().next_multiple_of(8), b' ');
+    if bytes.len() as u64 > MAX_HEADER_LEN {
+        return Err(Kind::WriteInvalid {
+            tensor: String::new(),
+            reason: format!(
+                "header of {} bytes exceeds the {MAX_HEADER_LEN}-byte limit",
+                bytes.len()
+            ),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Serialize to an in-memory safetensors image (same bytes as
+/// [`write_safetensors`] writes).
+pub fn serialize_safetensors<I, T>(
+    tensors: I,
+    metadata: Option<BTreeMap<String, String>>,
+) -> Result<Vec<u8>, SafetensorsError>
+where
+    I: IntoIterator<Item = T>,
+    T: WriteTensor,
+{
+    let mut tensors: Vec<T> = tensors.into_iter().collect();
+    let header = plan(&mut tensors, metadata.as_ref())
+        .map_err(|k| SafetensorsError::new(Path::new("<memory>"), k))?;
+    let total = 8 + header.len() + tensors.iter().map(|t| t.data().len()).sum::<usize>();
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    for t in &tensors {
+        out.extend_from_slice(t.data());
+    }
+    Ok(out)
+}
+
+/// Write a safetensors file atomically: the bytes go to a temporary file in
+/// the target's directory, which is flushed, fsynced and then renamed over
+/// `path`. On any error the temporary file is removed and `path` is left as
+/// it was.
+pub fn write_safetensors<I, T>(
+    path: impl AsRef<Path>,
+    tensors: I,
+    metadata: Option<BTreeMap<String, String>>,
+) -> Result<(), SafetensorsError>
+where
+    I: IntoIterator<Item = T>,
+    T: WriteTensor,
+{
+    let path = path.as_ref();
+    let mut tensors: Vec<T> = tensors.into_iter().collect();
+    let header =
+        plan(&mut tensors, metadata.as_ref()).map_err(|k| SafetensorsError::new(path, k))?;
+
+    let Some(file_name) = path.file_name() else {
+        return Err(SafetensorsError::io(
+            path,
+            "write",
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"),
+        ));
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        file_name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let guard = TempFile(Some(tmp.clone()));
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| SafetensorsError::io(&tmp, "create temporary file", e))?;
+    let io = |e| SafetensorsError::io(&tmp, "write temporary file", e);
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    w.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    w.write_all(&header).map_err(io)?;
+    for t in &tensors {
+        w.write_all(t.data()).map_err(io)?;
+    }
+    let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all()
+        .map_err(|e| SafetensorsError::io(&tmp, "fsync temporary file", e))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(|e| SafetensorsError::io(path, "rename into place", e))?;
+    guard.commit();
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Removes the temporary file unless committed.
+struct TempFile(Option<PathBuf>);
+
+impl TempFile {
+    fn commit(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Persist the rename (best effort: not every platform can fsync a directory,
+/// and the file itself is already durable).
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
