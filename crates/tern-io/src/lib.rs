@@ -1,2 +1,5 @@
 //! tern-io: GGUF v3 and safetensors files, read through memory maps and
 //! written as streams.
+
+pub mod gguf;
+pub mod safetensors;

@@ -86,7 +86,11 @@ impl Report {
             .collect();
         let head = ["name", "type", "shape", "bytes", "offset"];
         let w = |f: &dyn Fn(usize) -> usize, h: &str| {
-            (0..self.tensors.len()).map(f).max().unwrap_or(0).max(h.len())
+            (0..self.tensors.len())
+                .map(f)
+                .max()
+                .unwrap_or(0)
+                .max(h.len())
         };
         let nw = w(&|i| self.tensors[i].name.len(), head[0]);
         let tyw = w(&|i| self.tensors[i].ty.len(), head[1]);
@@ -230,7 +234,10 @@ impl Report {
 
 fn is_gguf(path: &Path) -> bool {
     use std::io::Read;
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
         return true;
     }
     let mut magic = [0u8; 4];

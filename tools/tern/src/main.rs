@@ -7,7 +7,11 @@ use std::path::PathBuf;
 mod inspect;
 
 #[derive(Parser)]
-#[command(name = "tern", version, about = "BitNet b1.58 models on ordinary hardware")]
+#[command(
+    name = "tern",
+    version,
+    about = "BitNet b1.58 models on ordinary hardware"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
