@@ -2,4 +2,5 @@
 //! written as streams.
 
 pub mod gguf;
+pub mod npy;
 pub mod safetensors;

@@ -126,10 +126,25 @@ pub const ZOO: &[(&str, &str)] = &[
 impl BitNetConfig {
     /// Parse and validate a `config.json` text; `source_name` names it in errors.
     pub fn from_json_str(source_name: &str, text: &str) -> Result<Self, ConfigError> {
-        let cfg: BitNetConfig = serde_json::from_str(text).map_err(|err| ConfigError::Json {
+        let json_err = |err| ConfigError::Json {
             source_name: source_name.to_owned(),
             err,
-        })?;
+        };
+        let mut raw: serde_json::Value = serde_json::from_str(text).map_err(json_err)?;
+        // transformers 5 writes `rope_parameters: {rope_theta, rope_type}`
+        // instead of a top-level `rope_theta`.
+        if let Some(obj) = raw.as_object_mut() {
+            if !obj.contains_key("rope_theta") {
+                let nested = obj
+                    .get("rope_parameters")
+                    .and_then(|r| r.get("rope_theta"))
+                    .cloned();
+                if let Some(theta) = nested {
+                    obj.insert("rope_theta".into(), theta);
+                }
+            }
+        }
+        let cfg: BitNetConfig = serde_json::from_value(raw).map_err(json_err)?;
         cfg.validate(source_name)?;
         Ok(cfg)
     }

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 mod inspect;
+mod run;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +30,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Generate text, streaming tokens; ends with prefill and decode tok/s.
+    Generate(run::GenerateArgs),
+    /// Write the logits of every position as a [T, vocab] f32 .npy file.
+    Logits(run::LogitsArgs),
 }
 
 fn main() -> Result<()> {
@@ -43,6 +48,8 @@ fn main() -> Result<()> {
                 report.write_text(&mut out)?;
             }
         }
+        Command::Generate(a) => run::generate(&a)?,
+        Command::Logits(a) => run::logits(&a)?,
     }
     Ok(())
 }

@@ -1,0 +1,676 @@
+//! The CPU backend: host `Vec`s as buffers, rayon over rows, matrixmultiply
+//! for f32 products and exact integer kernels for the ternary product.
+//!
+//! Every op runs inside the backend's own rayon pool, so `Cpu::with_threads(n)`
+//! bounds the parallelism of everything it computes. Results do not depend on
+//! the thread count: work is split into fixed-size chunks whose boundaries do
+//! not depend on it, and reductions run in a fixed order.
+
+mod attention;
+mod ternary;
+
+use rayon::prelude::*;
+
+pub use ternary::CpuTernary;
+
+use crate::{Activation, AdamW, AttnDims, Backend, BackendError, Gemm, TernarySource};
+
+/// Rows per parallel task of row-wise ops.
+const ROW_CHUNK: usize = 8;
+/// Elements per parallel task of element-wise ops.
+const ELEM_CHUNK: usize = 1 << 14;
+
+/// The CPU backend.
+pub struct Cpu {
+    pool: rayon::ThreadPool,
+    threads: usize,
+    kernel: ternary::Kernel,
+}
+
+impl Default for Cpu {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cpu {
+    /// A backend using every available core.
+    pub fn new() -> Self {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_threads(n)
+    }
+
+    /// A backend with a pool of `n` threads (at least 1).
+    ///
+    /// # Panics
+    /// If the operating system refuses to start the threads.
+    pub fn with_threads(n: usize) -> Self {
+        let n = n.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("tern-cpu-{i}"))
+            .build()
+            .expect("cpu backend: could not start the rayon thread pool");
+        Cpu {
+            pool,
+            threads: n,
+            kernel: ternary::Kernel::detect(),
+        }
+    }
+
+    /// The same backend restricted to the portable (non-SIMD) integer kernel,
+    /// so that tests can run that path on machines with AVX2.
+    pub fn portable(mut self) -> Self {
+        self.kernel = ternary::Kernel::Portable;
+        self
+    }
+
+    /// Number of threads in the pool.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// The exact integer accumulators `acc[r, o] = Σ_c code[o, c] * x_q[r, c]`
+    /// (`[rows, out]`) and the per-row activation scales `a` that
+    /// [`Backend::ternary_matmul`] combines as `acc * w_scale / a`.
+    pub fn ternary_acc(&self, w: &CpuTernary, x: &[f32], rows: usize) -> (Vec<i32>, Vec<f32>) {
+        assert_eq!(x.len(), rows * w.cols, "ternary_acc: x length");
+        self.pool
+            .install(|| ternary::ternary_acc(self.kernel, w, x, rows))
+    }
+}
+
+#[track_caller]
+fn check_len(op: &str, what: &str, got: usize, want: usize) {
+    assert_eq!(
+        got, want,
+        "cpu {op}: {what} has length {got}, expected {want}"
+    );
+}
+
+impl Backend for Cpu {
+    type Buf = Vec<f32>;
+    type Ids = Vec<u32>;
+    type Ternary = CpuTernary;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads, {})", self.threads, self.kernel.name())
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<f32>, BackendError> {
+        Ok(vec![0.0; len])
+    }
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>, BackendError> {
+        Ok(data.to_vec())
+    }
+    fn upload_ids(&self, data: &[u32]) -> Result<Vec<u32>, BackendError> {
+        Ok(data.to_vec())
+    }
+    fn upload_ternary(&self, w: &dyn TernarySource) -> Result<CpuTernary, BackendError> {
+        ternary::pack(w)
+    }
+    fn write(&self, buf: &mut Vec<f32>, offset: usize, data: &[f32]) {
+        assert!(
+            offset + data.len() <= buf.len(),
+            "cpu write: {} values at offset {offset} exceed the buffer length {}",
+            data.len(),
+            buf.len()
+        );
+        buf[offset..offset + data.len()].copy_from_slice(data);
+    }
+    fn write_ids(&self, buf: &mut Vec<u32>, data: &[u32]) {
+        check_len("write_ids", "data", data.len(), buf.len());
+        buf.copy_from_slice(data);
+    }
+    fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>, BackendError> {
+        Ok(buf.clone())
+    }
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+    fn ternary_bytes(&self, w: &CpuTernary) -> u64 {
+        w.data.len() as u64 + 4
+    }
+    fn ternary_shape(&self, w: &CpuTernary) -> (usize, usize) {
+        w.shape()
+    }
+
+    fn ternary_matmul(&self, w: &CpuTernary, x: &Vec<f32>, y: &mut Vec<f32>, rows: usize) {
+        check_len("ternary_matmul", "x", x.len(), rows * w.cols);
+        check_len("ternary_matmul", "y", y.len(), rows * w.rows);
+        self.pool
+            .install(|| ternary::matmul(self.kernel, w, x, y, rows));
+    }
+
+    fn ternary_matmul_backward(
+        &self,
+        w: &CpuTernary,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+        rows: usize,
+    ) {
+        check_len("ternary_matmul_backward", "dy", dy.len(), rows * w.rows);
+        check_len("ternary_matmul_backward", "dx", dx.len(), rows * w.cols);
+        self.pool
+            .install(|| ternary::matmul_backward(w, dy, dx, rows));
+    }
+
+    fn matmul(&self, a: &Vec<f32>, b: &Vec<f32>, c: &mut Vec<f32>, g: Gemm) {
+        check_len("matmul", "a", a.len(), g.m * g.k);
+        check_len("matmul", "b", b.len(), g.k * g.n);
+        check_len("matmul", "c", c.len(), g.m * g.n);
+        self.pool.install(|| gemm(a, b, c, g));
+    }
+
+    fn copy(&self, x: &Vec<f32>, y: &mut Vec<f32>) {
+        check_len("copy", "y", y.len(), x.len());
+        y.copy_from_slice(x);
+    }
+    fn axpy(&self, alpha: f32, x: &Vec<f32>, y: &mut Vec<f32>) {
+        check_len("axpy", "y", y.len(), x.len());
+        self.pool.install(|| {
+            y.par_chunks_mut(ELEM_CHUNK)
+                .zip(x.par_chunks(ELEM_CHUNK))
+                .for_each(|(y, x)| {
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y += alpha * x;
+                    }
+                })
+        });
+    }
+    fn scale(&self, alpha: f32, y: &mut Vec<f32>) {
+        self.pool.install(|| {
+            y.par_chunks_mut(ELEM_CHUNK).for_each(|y| {
+                for v in y {
+                    *v *= alpha;
+                }
+            })
+        });
+    }
+    fn copy_range(
+        &self,
+        src: &Vec<f32>,
+        src_off: usize,
+        dst: &mut Vec<f32>,
+        dst_off: usize,
+        n: usize,
+    ) {
+        assert!(
+            src_off + n <= src.len() && dst_off + n <= dst.len(),
+            "cpu copy_range: {n} values from {src_off} (of {}) to {dst_off} (of {})",
+            src.len(),
+            dst.len()
+        );
+        dst[dst_off..dst_off + n].copy_from_slice(&src[src_off..src_off + n]);
+    }
+
+    fn sum_squares(&self, x: &Vec<f32>, out: &mut Vec<f32>, index: usize) {
+        assert!(
+            index < out.len(),
+            "cpu sum_squares: index {index} of {}",
+            out.len()
+        );
+        let s: f64 = self.pool.install(|| {
+            // Fixed chunks summed in order: independent of the thread count.
+            let parts: Vec<f64> = x
+                .par_chunks(ELEM_CHUNK)
+                .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum())
+                .collect();
+            parts.iter().sum()
+        });
+        out[index] = s as f32;
+    }
+
+    fn rmsnorm(
+        &self,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        y: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) {
+        check_len("rmsnorm", "x", x.len(), rows * dim);
+        check_len("rmsnorm", "w", w.len(), dim);
+        check_len("rmsnorm", "y", y.len(), rows * dim);
+        check_len("rmsnorm", "rstd", rstd.len(), rows);
+        if dim == 0 {
+            return;
+        }
+        self.pool.install(|| {
+            y.par_chunks_mut(dim)
+                .zip(rstd.par_iter_mut())
+                .zip(x.par_chunks(dim))
+                .with_min_len(ROW_CHUNK)
+                .for_each(|((y, rs), x)| {
+                    let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+                    let r = (1.0 / ((ss / dim as f64) + eps as f64).sqrt()) as f32;
+                    *rs = r;
+                    for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+                        *y = x * r * w;
+                    }
+                })
+        });
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        rstd: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+        dw: Option<&mut Vec<f32>>,
+        rows: usize,
+        dim: usize,
+    ) {
+        check_len("rmsnorm_backward", "x", x.len(), rows * dim);
+        check_len("rmsnorm_backward", "w", w.len(), dim);
+        check_len("rmsnorm_backward", "rstd", rstd.len(), rows);
+        check_len("rmsnorm_backward", "dy", dy.len(), rows * dim);
+        check_len("rmsnorm_backward", "dx", dx.len(), rows * dim);
+        if dim == 0 {
+            return;
+        }
+        self.pool.install(|| {
+            // dx_i = r w_i dy_i - x_i r^3 / dim * Σ_j dy_j w_j x_j
+            dx.par_chunks_mut(dim)
+                .zip(x.par_chunks(dim))
+                .zip(dy.par_chunks(dim))
+                .zip(rstd.par_iter())
+                .with_min_len(ROW_CHUNK)
+                .for_each(|(((dx, x), dy), &r)| {
+                    let dot: f64 = x
+                        .iter()
+                        .zip(dy)
+                        .zip(w)
+                        .map(|((&x, &dy), &w)| x as f64 * dy as f64 * w as f64)
+                        .sum();
+                    let c = (dot * (r as f64).powi(3) / dim as f64) as f32;
+                    for (((dx, &x), &dy), &w) in dx.iter_mut().zip(x).zip(dy).zip(w) {
+                        *dx = r * w * dy - c * x;
+                    }
+                });
+            if let Some(dw) = dw {
+                check_len("rmsnorm_backward", "dw", dw.len(), dim);
+                dw.par_chunks_mut(256).enumerate().for_each(|(ci, dw)| {
+                    let c0 = ci * 256;
+                    for r in 0..rows {
+                        let rs = rstd[r];
+                        let xr = &x[r * dim + c0..r * dim + c0 + dw.len()];
+                        let dyr = &dy[r * dim + c0..r * dim + c0 + dw.len()];
+                        for ((d, &x), &dy) in dw.iter_mut().zip(xr).zip(dyr) {
+                            *d += dy * x * rs;
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        pos: &Vec<u32>,
+        rows: usize,
+        n_heads: usize,
+        head_dim: usize,
+        theta: f32,
+        inverse: bool,
+    ) {
+        check_len("rope", "x", x.len(), rows * n_heads * head_dim);
+        check_len("rope", "pos", pos.len(), rows);
+        assert!(
+            head_dim % 2 == 0,
+            "cpu rope: head_dim {head_dim} must be even"
+        );
+        if rows == 0 || n_heads == 0 || head_dim == 0 {
+            return;
+        }
+        let half = head_dim / 2;
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|i| (theta as f64).powf(-2.0 * i as f64 / head_dim as f64))
+            .collect();
+        let sign = if inverse { -1.0 } else { 1.0 };
+        self.pool.install(|| {
+            x.par_chunks_mut(n_heads * head_dim)
+                .zip(pos.par_iter())
+                .with_min_len(ROW_CHUNK)
+                .for_each(|(xr, &p)| {
+                    let mut cs = vec![(0f32, 0f32); half];
+                    for (c, &f) in cs.iter_mut().zip(&inv_freq) {
+                        let ang = p as f64 * f;
+                        *c = (ang.cos() as f32, (sign * ang.sin()) as f32);
+                    }
+                    for h in xr.chunks_exact_mut(head_dim) {
+                        let (a, b) = h.split_at_mut(half);
+                        for ((x1, x2), &(c, s)) in a.iter_mut().zip(b.iter_mut()).zip(&cs) {
+                            let (u, v) = (*x1, *x2);
+                            *x1 = u * c - v * s;
+                            *x2 = v * c + u * s;
+                        }
+                    }
+                })
+        });
+    }
+
+    fn attention(
+        &self,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        out: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        d: AttnDims,
+    ) {
+        self.pool
+            .install(|| attention::forward(q, k, v, out, lse, d));
+    }
+
+    fn attention_backward(
+        &self,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        out: &Vec<f32>,
+        lse: &Vec<f32>,
+        dout: &Vec<f32>,
+        dq: &mut Vec<f32>,
+        dk: &mut Vec<f32>,
+        dv: &mut Vec<f32>,
+        d: AttnDims,
+    ) {
+        self.pool
+            .install(|| attention::backward(q, k, v, out, lse, dout, dq, dk, dv, d));
+    }
+
+    fn gate(&self, g: &Vec<f32>, u: &Vec<f32>, y: &mut Vec<f32>, act: Activation) {
+        check_len("gate", "u", u.len(), g.len());
+        check_len("gate", "y", y.len(), g.len());
+        self.pool.install(|| {
+            y.par_chunks_mut(ELEM_CHUNK)
+                .zip(g.par_chunks(ELEM_CHUNK))
+                .zip(u.par_chunks(ELEM_CHUNK))
+                .for_each(|((y, g), u)| match act {
+                    Activation::Relu2 => {
+                        for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+                            let r = g.max(0.0);
+                            *y = r * r * u;
+                        }
+                    }
+                    Activation::Silu => {
+                        for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+                            *y = g / (1.0 + (-g).exp()) * u;
+                        }
+                    }
+                })
+        });
+    }
+
+    fn gate_backward(
+        &self,
+        g: &Vec<f32>,
+        u: &Vec<f32>,
+        dy: &Vec<f32>,
+        dg: &mut Vec<f32>,
+        du: &mut Vec<f32>,
+        act: Activation,
+    ) {
+        let n = g.len();
+        check_len("gate_backward", "u", u.len(), n);
+        check_len("gate_backward", "dy", dy.len(), n);
+        check_len("gate_backward", "dg", dg.len(), n);
+        check_len("gate_backward", "du", du.len(), n);
+        self.pool.install(|| {
+            dg.par_chunks_mut(ELEM_CHUNK)
+                .zip(du.par_chunks_mut(ELEM_CHUNK))
+                .enumerate()
+                .for_each(|(ci, (dg, du))| {
+                    let o = ci * ELEM_CHUNK;
+                    let (g, u, dy) = (
+                        &g[o..o + dg.len()],
+                        &u[o..o + dg.len()],
+                        &dy[o..o + dg.len()],
+                    );
+                    for i in 0..dg.len() {
+                        let (g, u, dy) = (g[i], u[i], dy[i]);
+                        match act {
+                            Activation::Relu2 => {
+                                let r = g.max(0.0);
+                                dg[i] = 2.0 * r * u * dy;
+                                du[i] = r * r * dy;
+                            }
+                            Activation::Silu => {
+                                let s = 1.0 / (1.0 + (-g).exp());
+                                dg[i] = dy * u * s * (1.0 + g * (1.0 - s));
+                                du[i] = dy * g * s;
+                            }
+                        }
+                    }
+                })
+        });
+    }
+
+    fn embedding(&self, table: &Vec<f32>, ids: &Vec<u32>, y: &mut Vec<f32>, dim: usize) {
+        check_len("embedding", "y", y.len(), ids.len() * dim);
+        assert!(
+            dim > 0 && table.len() % dim == 0,
+            "cpu embedding: table length {} vs dim {dim}",
+            table.len()
+        );
+        let vocab = table.len() / dim;
+        self.pool.install(|| {
+            y.par_chunks_mut(dim)
+                .zip(ids.par_iter())
+                .with_min_len(ROW_CHUNK)
+                .for_each(|(y, &id)| {
+                    let id = id as usize;
+                    assert!(id < vocab, "cpu embedding: id {id} >= vocab {vocab}");
+                    y.copy_from_slice(&table[id * dim..(id + 1) * dim]);
+                })
+        });
+    }
+
+    fn embedding_backward(&self, ids: &Vec<u32>, dy: &Vec<f32>, dtable: &mut Vec<f32>, dim: usize) {
+        check_len("embedding_backward", "dy", dy.len(), ids.len() * dim);
+        assert!(
+            dim > 0 && dtable.len() % dim == 0,
+            "cpu embedding_backward: dtable length {} vs dim {dim}",
+            dtable.len()
+        );
+        let vocab = dtable.len() / dim;
+        // In row order, so repeated ids accumulate deterministically.
+        for (r, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            assert!(
+                id < vocab,
+                "cpu embedding_backward: id {id} >= vocab {vocab}"
+            );
+            for (d, &g) in dtable[id * dim..(id + 1) * dim]
+                .iter_mut()
+                .zip(&dy[r * dim..(r + 1) * dim])
+            {
+                *d += g;
+            }
+        }
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &Vec<f32>,
+        targets: &Vec<u32>,
+        loss: &mut Vec<f32>,
+        dlogits: Option<&mut Vec<f32>>,
+        rows: usize,
+        vocab: usize,
+        grad_scale: f32,
+    ) {
+        check_len("cross_entropy", "logits", logits.len(), rows * vocab);
+        check_len("cross_entropy", "targets", targets.len(), rows);
+        check_len("cross_entropy", "loss", loss.len(), rows);
+        if rows == 0 {
+            return;
+        }
+        assert!(vocab > 0, "cpu cross_entropy: vocab must be > 0");
+        let row_lse = |x: &[f32]| -> (f32, f64) {
+            let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let s: f64 = x.iter().map(|&v| ((v - m) as f64).exp()).sum();
+            (m, s)
+        };
+        self.pool.install(|| match dlogits {
+            Some(dl) => {
+                check_len("cross_entropy", "dlogits", dl.len(), rows * vocab);
+                dl.par_chunks_mut(vocab)
+                    .zip(loss.par_iter_mut())
+                    .zip(logits.par_chunks(vocab))
+                    .zip(targets.par_iter())
+                    .for_each(|(((dl, l), x), &t)| {
+                        if t == u32::MAX {
+                            *l = 0.0;
+                            dl.fill(0.0);
+                            return;
+                        }
+                        let t = t as usize;
+                        assert!(t < vocab, "cpu cross_entropy: target {t} >= vocab {vocab}");
+                        let (m, s) = row_lse(x);
+                        *l = ((m as f64 + s.ln()) - x[t] as f64) as f32;
+                        let inv = 1.0 / s;
+                        for (d, &v) in dl.iter_mut().zip(x) {
+                            *d = grad_scale * (((v - m) as f64).exp() * inv) as f32;
+                        }
+                        dl[t] -= grad_scale;
+                    })
+            }
+            None => loss
+                .par_iter_mut()
+                .zip(logits.par_chunks(vocab))
+                .zip(targets.par_iter())
+                .for_each(|((l, x), &t)| {
+                    if t == u32::MAX {
+                        *l = 0.0;
+                        return;
+                    }
+                    let t = t as usize;
+                    assert!(t < vocab, "cpu cross_entropy: target {t} >= vocab {vocab}");
+                    let (m, s) = row_lse(x);
+                    *l = ((m as f64 + s.ln()) - x[t] as f64) as f32;
+                }),
+        });
+    }
+
+    fn adamw(&self, p: &mut Vec<f32>, g: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, h: AdamW) {
+        let n = p.len();
+        check_len("adamw", "g", g.len(), n);
+        check_len("adamw", "m", m.len(), n);
+        check_len("adamw", "v", v.len(), n);
+        assert!(h.step >= 1, "cpu adamw: step counts from 1");
+        // PyTorch's single-tensor AdamW, operation for operation in f32.
+        // The bias corrections are Python floats (f64) there, as here.
+        let t = h.step as i32;
+        let bc1 = 1.0 - (h.beta1 as f64).powi(t);
+        let bc2 = 1.0 - (h.beta2 as f64).powi(t);
+        let step_size = (h.lr as f64 / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
+        let decay = (1.0 - h.lr as f64 * h.weight_decay as f64) as f32;
+        self.pool.install(|| {
+            p.par_chunks_mut(ELEM_CHUNK)
+                .zip(m.par_chunks_mut(ELEM_CHUNK))
+                .zip(v.par_chunks_mut(ELEM_CHUNK))
+                .zip(g.par_chunks(ELEM_CHUNK))
+                .for_each(|(((p, m), v), g)| {
+                    for i in 0..p.len() {
+                        let gi = g[i];
+                        p[i] *= decay;
+                        m[i] += (gi - m[i]) * (1.0 - h.beta1);
+                        v[i] = v[i] * h.beta2 + (1.0 - h.beta2) * gi * gi;
+                        let denom = v[i].sqrt() / bc2_sqrt + h.eps;
+                        p[i] -= step_size * (m[i] / denom);
+                    }
+                })
+        });
+    }
+}
+
+/// `C = alpha op(A) op(B) + beta C` with matrixmultiply, split over the
+/// larger of C's dimensions in fixed-size chunks. With `beta == 0`, C is not
+/// read.
+fn gemm(a: &[f32], b: &[f32], c: &mut [f32], g: Gemm) {
+    let Gemm {
+        m,
+        k,
+        n,
+        trans_a,
+        trans_b,
+        alpha,
+        beta,
+    } = g;
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for v in c.iter_mut() {
+            *v = if beta == 0.0 { 0.0 } else { beta * *v };
+        }
+        return;
+    }
+    // element (i, p) of op(A) is at i * rsa + p * csa
+    let (rsa, csa) = if trans_a {
+        (1, m as isize)
+    } else {
+        (k as isize, 1)
+    };
+    let (rsb, csb) = if trans_b {
+        (1, k as isize)
+    } else {
+        (n as isize, 1)
+    };
+    let mut cv = ndarray::ArrayViewMut2::from_shape((m, n), c).expect("c shape");
+    const CHUNK: usize = 64;
+    let split_rows = m >= n;
+    let axis = if split_rows {
+        ndarray::Axis(0)
+    } else {
+        ndarray::Axis(1)
+    };
+    let chunks: Vec<_> = cv.axis_chunks_iter_mut(axis, CHUNK).collect();
+    chunks.into_par_iter().enumerate().for_each(|(ci, mut cc)| {
+        let (mm, nn) = cc.dim();
+        let (rsc, csc) = (cc.strides()[0], cc.strides()[1]);
+        let (ap, bp) = if split_rows {
+            (
+                a.as_ptr()
+                    .wrapping_offset(ci as isize * CHUNK as isize * rsa),
+                b.as_ptr(),
+            )
+        } else {
+            (
+                a.as_ptr(),
+                b.as_ptr()
+                    .wrapping_offset(ci as isize * CHUNK as isize * csb),
+            )
+        };
+        // SAFETY: the chunk covers rows (or columns) `ci * CHUNK ..` of op(A)
+        // (or op(B)); with the strides above every element read lies in `a`
+        // and `b` (lengths checked by the caller), and C is this task's own
+        // disjoint view.
+        unsafe {
+            matrixmultiply::sgemm(
+                mm,
+                k,
+                nn,
+                alpha,
+                ap,
+                rsa,
+                csa,
+                bp,
+                rsb,
+                csb,
+                beta,
+                cc.as_mut_ptr(),
+                rsc,
+                csc,
+            );
+        }
+    });
+}

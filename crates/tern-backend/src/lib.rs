@@ -1,0 +1,339 @@
+//! The backend trait: every op BitNet inference and LoRA/QAT training need,
+//! as forward/backward pairs over device buffers.
+//!
+//! Contract (what every implementation, CPU or wgpu, must honour):
+//! - Buffers are associated types; host <-> device copies happen only in
+//!   `upload*` and `download*`. Ops take their outputs as `&mut` buffers that
+//!   the caller allocated once (arenas sized per config, batch and context), so
+//!   no op allocates device memory.
+//! - Ops may be asynchronous: only `download*` synchronizes. A GPU
+//!   implementation records ops into one command stream and submits lazily.
+//! - Shapes are passed explicitly; buffers are row-major with the innermost
+//!   dimension last (`[rows, cols]`). Ops check lengths and panic on a
+//!   mismatch: shapes come from the model code, never from user input, which is
+//!   validated before it reaches a backend.
+//! - Backward ops OVERWRITE their input-gradient outputs unless the doc says
+//!   "accumulates" (weight gradients, embedding scatter-add).
+//! - Integer paths (ternary codes times int8 activations, i32 accumulation) are
+//!   exact; float paths are checked against a scalar reference with a stated
+//!   tolerance and against finite differences ([`conformance`]).
+
+pub mod conformance;
+pub mod cpu;
+
+pub use cpu::Cpu;
+
+/// A ternary matrix as the host hands it to a backend: `rows` output features
+/// by `cols` input features, codes in `{-1, 0, 1}` and one per-tensor scale
+/// (BitNet's absmean `w_scale`: the effective weight is `code * scale`).
+///
+/// Rows are produced on demand so a loader can stream them from a packed file
+/// (TQ2_0, TQ1_0, I2_S, Q8_0) without ever unpacking a whole tensor.
+pub trait TernarySource {
+    fn rows(&self) -> usize;
+    fn cols(&self) -> usize;
+    fn scale(&self) -> f32;
+    /// Write the codes of row `r` (length `cols`) into `out`.
+    fn row_codes(&self, r: usize, out: &mut [i8]);
+}
+
+/// Codes already in memory (tests, conversion, freshly quantized weights).
+pub struct TernaryCodes<'a> {
+    pub rows: usize,
+    pub cols: usize,
+    pub codes: &'a [i8],
+    pub scale: f32,
+}
+
+impl TernarySource for TernaryCodes<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn scale(&self) -> f32 {
+        self.scale
+    }
+    fn row_codes(&self, r: usize, out: &mut [i8]) {
+        out.copy_from_slice(&self.codes[r * self.cols..(r + 1) * self.cols]);
+    }
+}
+
+/// Errors a backend reports (device loss, out of memory, limits).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{backend}: out of device memory allocating {bytes} bytes for {what}")]
+    OutOfMemory {
+        backend: String,
+        what: String,
+        bytes: u64,
+    },
+    #[error("{backend}: device lost: {reason}")]
+    DeviceLost { backend: String, reason: String },
+    #[error("{backend}: {what} needs {needed} but the device allows {limit}")]
+    Limit {
+        backend: String,
+        what: String,
+        needed: u64,
+        limit: u64,
+    },
+    #[error("{backend}: invalid ternary source {what}: {reason}")]
+    InvalidTernary {
+        backend: String,
+        what: String,
+        reason: String,
+    },
+}
+
+/// `C = alpha * op(A) · op(B) + beta * C` with `op(A)` of shape `[m, k]` and
+/// `op(B)` of shape `[k, n]`. With `trans_a`, A is stored `[k, m]`; with
+/// `trans_b`, B is stored `[n, k]` (the layout of a torch `Linear` weight).
+/// With `beta == 0`, C is not read (as in BLAS: NaN in C does not propagate).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gemm {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+/// Gated activation of the feed-forward block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    /// `relu(g)^2 * u` (BitNet b1.58 2B-4T).
+    Relu2,
+    /// `silu(g) * u` (1bitLLM, Llama).
+    Silu,
+}
+
+/// Geometry of causal self-attention with grouped-query heads.
+///
+/// `q` is `[batch, n_new, n_heads, head_dim]`; the keys and values are
+/// `[batch, kv_len, n_kv_heads, head_dim]`, of which the first
+/// `n_past + n_new` rows are valid (`kv_len` is the cache capacity). Query `t`
+/// sits at position `n_past + t` and sees keys `0..=n_past + t`. The scale is
+/// `1 / sqrt(head_dim)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnDims {
+    pub batch: usize,
+    pub n_new: usize,
+    pub n_past: usize,
+    pub kv_len: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// AdamW hyper-parameters for one update (`step` counts from 1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub step: u32,
+}
+
+/// The op set. See the crate docs for the contract.
+pub trait Backend: Send + Sync {
+    /// f32 device buffer.
+    type Buf: Send + Sync;
+    /// u32 device buffer (token ids, targets, positions).
+    type Ids: Send + Sync;
+    /// A packed ternary matrix with its per-tensor scale.
+    type Ternary: Send + Sync;
+
+    /// Human-readable name (`cpu (2 threads, avx2)`, `wgpu: NVIDIA H100 (Vulkan)`).
+    fn name(&self) -> String;
+
+    // ---- memory -------------------------------------------------------
+    fn zeros(&self, len: usize) -> Result<Self::Buf, BackendError>;
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf, BackendError>;
+    fn upload_ids(&self, data: &[u32]) -> Result<Self::Ids, BackendError>;
+    fn upload_ternary(&self, w: &dyn TernarySource) -> Result<Self::Ternary, BackendError>;
+    /// Overwrite `buf[offset..offset + data.len()]` from the host.
+    fn write(&self, buf: &mut Self::Buf, offset: usize, data: &[f32]);
+    fn write_ids(&self, buf: &mut Self::Ids, data: &[u32]);
+    /// Copy the buffer to the host (synchronizes).
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>, BackendError>;
+    fn len(&self, buf: &Self::Buf) -> usize;
+    /// Bytes the packed weight occupies on the device.
+    fn ternary_bytes(&self, w: &Self::Ternary) -> u64;
+    /// `(rows, cols)` = `(out_features, in_features)`.
+    fn ternary_shape(&self, w: &Self::Ternary) -> (usize, usize);
+
+    // ---- BitLinear ----------------------------------------------------
+    /// BitNet W1.58A8 product: for each of `rows` rows of `x` (`[rows, cols]`),
+    /// quantize to int8 per row (`a = 127 / max|x|`, clamp 1e-5, round half to
+    /// even, clamp to [-128, 127]), take the exact i32 dot with every ternary
+    /// row, and write `y[r, o] = acc * w_scale / a` (`[rows, out]`).
+    fn ternary_matmul(&self, w: &Self::Ternary, x: &Self::Buf, y: &mut Self::Buf, rows: usize);
+    /// Input gradient through the BitLinear with the straight-through
+    /// estimator on both quantizers: `dx = dy · (W_t * w_scale)`
+    /// (`dy [rows, out]` -> `dx [rows, in]`).
+    fn ternary_matmul_backward(
+        &self,
+        w: &Self::Ternary,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+        rows: usize,
+    );
+
+    // ---- dense --------------------------------------------------------
+    /// See [`Gemm`].
+    fn matmul(&self, a: &Self::Buf, b: &Self::Buf, c: &mut Self::Buf, g: Gemm);
+    /// `y = x` (same length).
+    fn copy(&self, x: &Self::Buf, y: &mut Self::Buf);
+    /// `y += alpha * x` (same length).
+    fn axpy(&self, alpha: f32, x: &Self::Buf, y: &mut Self::Buf);
+    /// `y *= alpha`.
+    fn scale(&self, alpha: f32, y: &mut Self::Buf);
+    /// `out[index] = Σ x_i^2` (global-norm gradient clipping: one slot per
+    /// parameter buffer, then one small download). Accumulated in at least
+    /// f32 with a bounded error (the CPU uses f64).
+    fn sum_squares(&self, x: &Self::Buf, out: &mut Self::Buf, index: usize);
+    /// Copy `n` contiguous values from `src[src_off..]` to `dst[dst_off..]`
+    /// (KV-cache appends, slicing fused buffers).
+    fn copy_range(
+        &self,
+        src: &Self::Buf,
+        src_off: usize,
+        dst: &mut Self::Buf,
+        dst_off: usize,
+        n: usize,
+    );
+
+    // ---- normalization ------------------------------------------------
+    /// RMSNorm per row: `y = x / sqrt(mean(x^2) + eps) * w`; stores
+    /// `rstd[r] = 1 / sqrt(mean(x_r^2) + eps)` for the backward.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        y: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    );
+    /// Backward of [`Backend::rmsnorm`]: writes `dx`; accumulates `dw` when given.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        rstd: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+        dw: Option<&mut Self::Buf>,
+        rows: usize,
+        dim: usize,
+    );
+
+    // ---- positions and attention -------------------------------------
+    /// NeoX rotary embedding in place on `x` (`[rows, n_heads, head_dim]`),
+    /// rotating pairs `(i, i + head_dim/2)` by `pos[r] * theta^(-2i/head_dim)`.
+    /// With `inverse`, rotates by the negative angle (the exact backward).
+    #[allow(clippy::too_many_arguments)]
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        pos: &Self::Ids,
+        rows: usize,
+        n_heads: usize,
+        head_dim: usize,
+        theta: f32,
+        inverse: bool,
+    );
+    /// Causal GQA attention (see [`AttnDims`]): `out` is `[batch, n_new,
+    /// n_heads, head_dim]`; `lse` (`[batch, n_heads, n_new]`) receives each
+    /// query's log-sum-exp of scaled scores for the backward.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        d: AttnDims,
+    );
+    /// Backward of [`Backend::attention`] with `n_past = 0` and
+    /// `kv_len = n_new` (training): writes `dq`, `dk`, `dv`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        dout: &Self::Buf,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        d: AttnDims,
+    );
+
+    // ---- feed-forward gate -------------------------------------------
+    /// `y = act(g) * u` element-wise.
+    fn gate(&self, g: &Self::Buf, u: &Self::Buf, y: &mut Self::Buf, act: Activation);
+    /// Writes `dg` and `du`.
+    fn gate_backward(
+        &self,
+        g: &Self::Buf,
+        u: &Self::Buf,
+        dy: &Self::Buf,
+        dg: &mut Self::Buf,
+        du: &mut Self::Buf,
+        act: Activation,
+    );
+
+    // ---- embedding ------------------------------------------------------
+    /// `y[r] = table[ids[r]]` (`table [vocab, dim]`, `y [rows, dim]`).
+    fn embedding(&self, table: &Self::Buf, ids: &Self::Ids, y: &mut Self::Buf, dim: usize);
+    /// Scatter-add: `dtable[ids[r]] += dy[r]` (accumulates).
+    fn embedding_backward(
+        &self,
+        ids: &Self::Ids,
+        dy: &Self::Buf,
+        dtable: &mut Self::Buf,
+        dim: usize,
+    );
+
+    // ---- loss ----------------------------------------------------------
+    /// Fused softmax cross-entropy over `rows` rows of `logits [rows, vocab]`.
+    /// `targets[r] == u32::MAX` masks the row (loss 0, gradient 0).
+    /// Writes `loss[r]` (natural log) and, when given,
+    /// `dlogits = grad_scale * (softmax - onehot)` for the unmasked rows.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy(
+        &self,
+        logits: &Self::Buf,
+        targets: &Self::Ids,
+        loss: &mut Self::Buf,
+        dlogits: Option<&mut Self::Buf>,
+        rows: usize,
+        vocab: usize,
+        grad_scale: f32,
+    );
+
+    // ---- optimizer -------------------------------------------------------
+    /// One decoupled-weight-decay Adam step (PyTorch `AdamW` semantics):
+    /// `p -= lr * wd * p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+    /// p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)`.
+    fn adamw(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        h: AdamW,
+    );
+}

@@ -1,0 +1,291 @@
+//! The BitNet b1.58 forward pass over any [`Backend`], with a KV cache.
+//!
+//! Block (pre-norm, Llama-shaped, with BitNet's two extra sub-norms):
+//! ```text
+//! h   = x + o_proj(attn_sub_norm(attn(rope(q(n1)), rope(k(n1)), v(n1))))   n1 = input_layernorm(x)
+//! out = h + down(ffn_sub_norm(act(gate(n2)) * up(n2)))                     n2 = post_attention_layernorm(h)
+//! ```
+//! Every projection is a BitLinear (ternary weights, per-token int8
+//! activations); the embedding, the norms and the LM head stay in f32.
+
+use crate::config::{BitNetConfig, HiddenAct};
+use crate::weights::{Proj, WeightError, WeightSource};
+use tern_backend::{Activation, AttnDims, Backend, BackendError, Gemm};
+
+/// One transformer block on the device.
+pub struct Layer<B: Backend> {
+    pub attn_norm: B::Buf,
+    pub q: B::Ternary,
+    pub k: B::Ternary,
+    pub v: B::Ternary,
+    pub o: B::Ternary,
+    pub attn_sub_norm: B::Buf,
+    pub ffn_norm: B::Buf,
+    pub gate: B::Ternary,
+    pub up: B::Ternary,
+    pub down: B::Ternary,
+    pub ffn_sub_norm: B::Buf,
+}
+
+/// A loaded model: weights on the device plus its KV cache.
+pub struct Model<B: Backend> {
+    pub cfg: BitNetConfig,
+    pub backend: B,
+    /// `[vocab, hidden]`.
+    pub embed: B::Buf,
+    pub layers: Vec<Layer<B>>,
+    pub norm: B::Buf,
+    /// `[vocab, hidden]`; `None` when tied to the embedding.
+    pub lm_head: Option<B::Buf>,
+    cache: Option<KvCache<B>>,
+}
+
+/// Keys and values of every layer, `[ctx, n_kv_heads, head_dim]` each.
+struct KvCache<B: Backend> {
+    k: Vec<B::Buf>,
+    v: Vec<B::Buf>,
+    ctx: usize,
+    len: usize,
+}
+
+/// What can go wrong running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Weights(Box<WeightError>),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("token id {id} at position {pos} is outside the vocabulary (size {vocab})")]
+    TokenOutOfRange { id: u32, pos: usize, vocab: usize },
+    #[error(
+        "{needed} tokens do not fit the context of {ctx} ({cached} already cached); \
+         shorten the prompt or raise --ctx (max_position_embeddings is {max_pos})"
+    )]
+    ContextFull {
+        needed: usize,
+        cached: usize,
+        ctx: usize,
+        max_pos: usize,
+    },
+    #[error("empty input: at least one token is needed")]
+    Empty,
+}
+
+impl From<WeightError> for ModelError {
+    fn from(e: WeightError) -> Self {
+        ModelError::Weights(Box::new(e))
+    }
+}
+
+impl HiddenAct {
+    pub fn activation(self) -> Activation {
+        match self {
+            HiddenAct::Relu2 => Activation::Relu2,
+            HiddenAct::Silu => Activation::Silu,
+        }
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// Upload every weight from `src` (one tensor at a time) onto `backend`.
+    pub fn load(backend: B, src: &dyn WeightSource) -> Result<Self, ModelError> {
+        let cfg = src.config().clone();
+        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let norm = |name: &str, len: usize| -> Result<B::Buf, ModelError> {
+            let v = src.f32_tensor(name, &[len])?;
+            Ok(backend.upload(&v)?)
+        };
+        let ternary = |layer: usize, p: Proj| -> Result<B::Ternary, ModelError> {
+            let t = src.ternary(layer, p)?;
+            Ok(backend.upload_ternary(t.as_ref())?)
+        };
+        let embed = {
+            let v = src.f32_tensor(crate::weights::EMBED, &[cfg.vocab_size, h])?;
+            backend.upload(&v)?
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let n = |suffix: &str| format!("layers.{l}.{suffix}");
+            layers.push(Layer {
+                attn_norm: norm(&n("input_layernorm"), h)?,
+                q: ternary(l, Proj::Q)?,
+                k: ternary(l, Proj::K)?,
+                v: ternary(l, Proj::V)?,
+                o: ternary(l, Proj::O)?,
+                attn_sub_norm: norm(&n("attn_sub_norm"), cfg.q_dim())?,
+                ffn_norm: norm(&n("post_attention_layernorm"), h)?,
+                gate: ternary(l, Proj::Gate)?,
+                up: ternary(l, Proj::Up)?,
+                down: ternary(l, Proj::Down)?,
+                ffn_sub_norm: norm(&n("ffn_sub_norm"), f)?,
+            });
+        }
+        let final_norm = norm(crate::weights::NORM, h)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            let v = src.f32_tensor(crate::weights::LM_HEAD, &[cfg.vocab_size, h])?;
+            Some(backend.upload(&v)?)
+        };
+        Ok(Model {
+            cfg,
+            backend,
+            embed,
+            layers,
+            norm: final_norm,
+            lm_head,
+            cache: None,
+        })
+    }
+
+    /// Tokens currently held in the KV cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.len)
+    }
+
+    /// Drop the cache contents (the next call starts at position 0).
+    pub fn reset(&mut self) {
+        if let Some(c) = &mut self.cache {
+            c.len = 0;
+        }
+    }
+
+    /// Allocate a KV cache for `ctx` positions (clamped to the config's
+    /// `max_position_embeddings`). Drops any cached tokens.
+    pub fn set_context(&mut self, ctx: usize) -> Result<(), ModelError> {
+        let ctx = ctx.clamp(1, self.cfg.max_position_embeddings);
+        let n = ctx * self.cfg.kv_dim();
+        let mut k = Vec::with_capacity(self.layers.len());
+        let mut v = Vec::with_capacity(self.layers.len());
+        for _ in 0..self.layers.len() {
+            k.push(self.backend.zeros(n)?);
+            v.push(self.backend.zeros(n)?);
+        }
+        self.cache = Some(KvCache { k, v, ctx, len: 0 });
+        Ok(())
+    }
+
+    /// Run `tokens` after the cached ones; return logits `[rows, vocab]` for
+    /// every new position (`all_logits`) or only for the last one.
+    pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>, ModelError> {
+        if tokens.is_empty() {
+            return Err(ModelError::Empty);
+        }
+        if self.cache.is_none() {
+            self.set_context(self.cfg.max_position_embeddings)?;
+        }
+        let cfg = &self.cfg;
+        for (pos, &id) in tokens.iter().enumerate() {
+            if id as usize >= cfg.vocab_size {
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    pos,
+                    vocab: cfg.vocab_size,
+                });
+            }
+        }
+        let cache = self.cache.as_mut().expect("allocated above");
+        let n = tokens.len();
+        let n_past = cache.len;
+        if n_past + n > cache.ctx {
+            return Err(ModelError::ContextFull {
+                needed: n,
+                cached: n_past,
+                ctx: cache.ctx,
+                max_pos: cfg.max_position_embeddings,
+            });
+        }
+        let b = &self.backend;
+        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
+        let eps = cfg.rms_norm_eps;
+        let act = cfg.hidden_act.activation();
+
+        let ids = b.upload_ids(tokens)?;
+        let positions: Vec<u32> = (n_past..n_past + n).map(|p| p as u32).collect();
+        let pos = b.upload_ids(&positions)?;
+        let mut x = b.zeros(n * h)?;
+        let mut xn = b.zeros(n * h)?;
+        let mut rstd = b.zeros(n)?;
+        let mut q = b.zeros(n * qd)?;
+        let mut k = b.zeros(n * kvd)?;
+        let mut v = b.zeros(n * kvd)?;
+        let mut att = b.zeros(n * qd)?;
+        let mut att_n = b.zeros(n * qd)?;
+        let mut lse = b.zeros(nh * n)?;
+        let mut proj = b.zeros(n * h)?;
+        let mut g = b.zeros(n * f)?;
+        let mut u = b.zeros(n * f)?;
+        let mut a = b.zeros(n * f)?;
+        let mut a_n = b.zeros(n * f)?;
+
+        b.embedding(&self.embed, &ids, &mut x, h);
+        let dims = AttnDims {
+            batch: 1,
+            n_new: n,
+            n_past,
+            kv_len: cache.ctx,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+        };
+        for (l, layer) in self.layers.iter().enumerate() {
+            b.rmsnorm(&x, &layer.attn_norm, &mut xn, &mut rstd, n, h, eps);
+            b.ternary_matmul(&layer.q, &xn, &mut q, n);
+            b.ternary_matmul(&layer.k, &xn, &mut k, n);
+            b.ternary_matmul(&layer.v, &xn, &mut v, n);
+            b.rope(&mut q, &pos, n, nh, hd, cfg.rope_theta, false);
+            b.rope(&mut k, &pos, n, nkv, hd, cfg.rope_theta, false);
+            b.copy_range(&k, 0, &mut cache.k[l], n_past * kvd, n * kvd);
+            b.copy_range(&v, 0, &mut cache.v[l], n_past * kvd, n * kvd);
+            b.attention(&q, &cache.k[l], &cache.v[l], &mut att, &mut lse, dims);
+            b.rmsnorm(
+                &att,
+                &layer.attn_sub_norm,
+                &mut att_n,
+                &mut rstd,
+                n,
+                qd,
+                eps,
+            );
+            b.ternary_matmul(&layer.o, &att_n, &mut proj, n);
+            b.axpy(1.0, &proj, &mut x);
+
+            b.rmsnorm(&x, &layer.ffn_norm, &mut xn, &mut rstd, n, h, eps);
+            b.ternary_matmul(&layer.gate, &xn, &mut g, n);
+            b.ternary_matmul(&layer.up, &xn, &mut u, n);
+            b.gate(&g, &u, &mut a, act);
+            b.rmsnorm(&a, &layer.ffn_sub_norm, &mut a_n, &mut rstd, n, f, eps);
+            b.ternary_matmul(&layer.down, &a_n, &mut proj, n);
+            b.axpy(1.0, &proj, &mut x);
+        }
+        cache.len += n;
+        b.rmsnorm(&x, &self.norm, &mut xn, &mut rstd, n, h, eps);
+        let rows = if all_logits { n } else { 1 };
+        let last = if all_logits {
+            xn
+        } else {
+            let mut last = b.zeros(h)?;
+            b.copy_range(&xn, (n - 1) * h, &mut last, 0, h);
+            last
+        };
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let mut logits = b.zeros(rows * cfg.vocab_size)?;
+        b.matmul(
+            &last,
+            head,
+            &mut logits,
+            Gemm {
+                m: rows,
+                k: h,
+                n: cfg.vocab_size,
+                trans_a: false,
+                trans_b: true,
+                alpha: 1.0,
+                beta: 0.0,
+            },
+        );
+        Ok(b.download(&logits)?)
+    }
+}

@@ -1,0 +1,540 @@
+//! Where weights come from: Hugging Face safetensors (full precision,
+//! ternarized on load), tern/llama.cpp GGUF (packed ternary), or a seeded
+//! random initialization. Every source hands out one tensor at a time, so
+//! loading never holds more than one full-precision tensor in memory.
+
+use crate::config::BitNetConfig;
+use std::path::{Path, PathBuf};
+use tern_backend::{TernaryCodes, TernarySource};
+use tern_io::gguf::GgufFile;
+use tern_io::safetensors::Checkpoint;
+use tern_tensor::codec::{dequantize_into, unpack_ternary_into};
+use tern_tensor::quant::absmean_ternary;
+use tern_tensor::GgmlType;
+
+/// Canonical (source-independent) names of the non-layer tensors.
+pub const EMBED: &str = "embed_tokens";
+pub const NORM: &str = "norm";
+pub const LM_HEAD: &str = "lm_head";
+
+/// The seven BitLinear projections of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Proj {
+    pub const ALL: [Proj; 7] = [
+        Proj::Q,
+        Proj::K,
+        Proj::V,
+        Proj::O,
+        Proj::Gate,
+        Proj::Up,
+        Proj::Down,
+    ];
+
+    /// `(out_features, in_features)` under `cfg`.
+    pub fn shape(self, cfg: &BitNetConfig) -> (usize, usize) {
+        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        match self {
+            Proj::Q => (cfg.q_dim(), h),
+            Proj::K | Proj::V => (cfg.kv_dim(), h),
+            Proj::O => (h, cfg.q_dim()),
+            Proj::Gate | Proj::Up => (f, h),
+            Proj::Down => (h, f),
+        }
+    }
+
+    /// transformers' module path inside a layer (`self_attn.q_proj`).
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Proj::Q => "self_attn.q_proj",
+            Proj::K => "self_attn.k_proj",
+            Proj::V => "self_attn.v_proj",
+            Proj::O => "self_attn.o_proj",
+            Proj::Gate => "mlp.gate_proj",
+            Proj::Up => "mlp.up_proj",
+            Proj::Down => "mlp.down_proj",
+        }
+    }
+
+    /// llama.cpp's tensor stem inside `blk.N` (`attn_q`).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Proj::Q => "attn_q",
+            Proj::K => "attn_k",
+            Proj::V => "attn_v",
+            Proj::O => "attn_output",
+            Proj::Gate => "ffn_gate",
+            Proj::Up => "ffn_up",
+            Proj::Down => "ffn_down",
+        }
+    }
+}
+
+/// A weight that is missing, malformed or inconsistent with the config.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightError {
+    #[error("{file}: tensor `{tensor}` is missing{hint}")]
+    Missing {
+        file: PathBuf,
+        tensor: String,
+        hint: String,
+    },
+    #[error("{file}: tensor `{tensor}` has shape {got:?} but the config needs {expected:?}")]
+    Shape {
+        file: PathBuf,
+        tensor: String,
+        got: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("{file}: tensor `{tensor}`: {reason}")]
+    Invalid {
+        file: PathBuf,
+        tensor: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Safetensors(#[from] tern_io::safetensors::SafetensorsError),
+    #[error(transparent)]
+    Gguf(#[from] tern_io::gguf::GgufError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// A host-side provider of model weights.
+pub trait WeightSource {
+    fn config(&self) -> &BitNetConfig;
+    /// A full-precision tensor by canonical name (`embed_tokens`, `norm`,
+    /// `lm_head`, `layers.N.input_layernorm`, `layers.N.attn_sub_norm`,
+    /// `layers.N.post_attention_layernorm`, `layers.N.ffn_sub_norm`), checked
+    /// against `shape` (outermost first).
+    fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, WeightError>;
+    /// A projection as ternary codes with a per-tensor scale.
+    fn ternary(&self, layer: usize, p: Proj) -> Result<Box<dyn TernarySource + '_>, WeightError>;
+}
+
+/// Ternary codes owned in memory (one quantized tensor).
+pub struct OwnedTernary {
+    pub rows: usize,
+    pub cols: usize,
+    pub codes: Vec<i8>,
+    pub scale: f32,
+}
+
+impl TernarySource for OwnedTernary {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn scale(&self) -> f32 {
+        self.scale
+    }
+    fn row_codes(&self, r: usize, out: &mut [i8]) {
+        TernaryCodes {
+            rows: self.rows,
+            cols: self.cols,
+            codes: &self.codes,
+            scale: self.scale,
+        }
+        .row_codes(r, out)
+    }
+}
+
+fn check_shape(
+    file: &Path,
+    tensor: &str,
+    got: &[usize],
+    expected: &[usize],
+) -> Result<(), WeightError> {
+    if got != expected {
+        return Err(WeightError::Shape {
+            file: file.to_path_buf(),
+            tensor: tensor.to_owned(),
+            got: got.to_vec(),
+            expected: expected.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+fn check_finite(file: &Path, tensor: &str, v: &[f32]) -> Result<(), WeightError> {
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(WeightError::Invalid {
+            file: file.to_path_buf(),
+            tensor: tensor.to_owned(),
+            reason: format!("element {i} is {} (weights must be finite)", v[i]),
+        });
+    }
+    Ok(())
+}
+
+/// Absmean-ternarize a full-precision `[rows, cols]` weight.
+pub fn ternarize(rows: usize, cols: usize, w: &[f32]) -> OwnedTernary {
+    let mut codes = vec![0i8; w.len()];
+    let scale = absmean_ternary(w, &mut codes);
+    OwnedTernary {
+        rows,
+        cols,
+        codes,
+        scale,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Hugging Face safetensors
+
+/// A transformers BitNet checkpoint folder (`config.json` + safetensors).
+pub struct HfWeights {
+    cfg: BitNetConfig,
+    ckpt: Checkpoint,
+}
+
+impl HfWeights {
+    /// Open a folder holding `config.json` and one or many safetensors files.
+    pub fn open(dir: &Path) -> Result<Self, WeightError> {
+        let cfg = BitNetConfig::from_file(&dir.join("config.json"))?;
+        let ckpt = Checkpoint::open(dir)?;
+        Ok(HfWeights { cfg, ckpt })
+    }
+
+    fn hf_names(&self, name: &str) -> Vec<String> {
+        match name {
+            EMBED => vec!["model.embed_tokens.weight".into()],
+            NORM => vec!["model.norm.weight".into()],
+            LM_HEAD => vec!["lm_head.weight".into()],
+            _ => {
+                let (layer, what) = name
+                    .strip_prefix("layers.")
+                    .and_then(|s| s.split_once('.'))
+                    .unwrap_or(("?", name));
+                let p = format!("model.layers.{layer}");
+                match what {
+                    // 1bitLLM checkpoints name the sub-norms differently.
+                    "attn_sub_norm" => vec![
+                        format!("{p}.self_attn.attn_sub_norm.weight"),
+                        format!("{p}.self_attn.inner_attn_ln.weight"),
+                    ],
+                    "ffn_sub_norm" => vec![
+                        format!("{p}.mlp.ffn_sub_norm.weight"),
+                        format!("{p}.mlp.ffn_layernorm.weight"),
+                    ],
+                    other => vec![format!("{p}.{other}.weight")],
+                }
+            }
+        }
+    }
+
+    fn read(&self, names: &[String], shape: &[usize]) -> Result<Vec<f32>, WeightError> {
+        let found = names.iter().find(|n| self.ckpt.get(n).is_some());
+        let Some(name) = found else {
+            return Err(WeightError::Missing {
+                file: self.ckpt.root().to_path_buf(),
+                tensor: names.join("` or `"),
+                hint: String::new(),
+            });
+        };
+        let e = self.ckpt.entry(name)?;
+        let file = self.ckpt.file_of(e).to_path_buf();
+        check_shape(&file, name, &e.shape, shape)?;
+        let v = self.ckpt.to_f32(name)?;
+        check_finite(&file, name, &v)?;
+        Ok(v)
+    }
+}
+
+impl WeightSource for HfWeights {
+    fn config(&self) -> &BitNetConfig {
+        &self.cfg
+    }
+    fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, WeightError> {
+        self.read(&self.hf_names(name), shape)
+    }
+    fn ternary(&self, layer: usize, p: Proj) -> Result<Box<dyn TernarySource + '_>, WeightError> {
+        let (rows, cols) = p.shape(&self.cfg);
+        let name = format!("model.layers.{layer}.{}.weight", p.hf_name());
+        let w = self.read(std::slice::from_ref(&name), &[rows, cols])?;
+        Ok(Box::new(ternarize(rows, cols, &w)))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// GGUF (llama.cpp `bitnet` names)
+
+/// A GGUF model file with llama.cpp's `bitnet` tensor names.
+pub struct GgufWeights {
+    cfg: BitNetConfig,
+    file: GgufFile,
+}
+
+/// Metadata key tern writes for the feed-forward activation (llama.cpp's
+/// `bitnet` graph has none and runs SiLU).
+pub const GGUF_ACT_KEY: &str = "tern.hidden_act";
+
+impl GgufWeights {
+    pub fn open(path: &Path) -> Result<Self, WeightError> {
+        let file = GgufFile::open(path)?;
+        let cfg = config_from_gguf(&file)?;
+        Ok(GgufWeights { cfg, file })
+    }
+
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+
+    fn gguf_name(name: &str) -> String {
+        match name {
+            EMBED => "token_embd.weight".into(),
+            NORM => "output_norm.weight".into(),
+            LM_HEAD => "output.weight".into(),
+            _ => {
+                let (layer, what) = name
+                    .strip_prefix("layers.")
+                    .and_then(|s| s.split_once('.'))
+                    .unwrap_or(("?", name));
+                let stem = match what {
+                    "input_layernorm" => "attn_norm",
+                    "post_attention_layernorm" => "ffn_norm",
+                    other => other,
+                };
+                format!("blk.{layer}.{stem}.weight")
+            }
+        }
+    }
+
+    fn info(&self, name: &str) -> Result<&tern_io::gguf::TensorInfo, WeightError> {
+        self.file.tensor(name).ok_or_else(|| WeightError::Missing {
+            file: self.file.path().to_path_buf(),
+            tensor: name.to_owned(),
+            hint: String::new(),
+        })
+    }
+
+    fn invalid(&self, tensor: &str, reason: String) -> WeightError {
+        WeightError::Invalid {
+            file: self.file.path().to_path_buf(),
+            tensor: tensor.to_owned(),
+            reason,
+        }
+    }
+
+    fn dense(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, WeightError> {
+        let info = self.info(name)?;
+        let got: Vec<usize> = info.shape().iter().map(|&d| d as usize).collect();
+        check_shape(self.file.path(), name, &got, shape)?;
+        let mut out = vec![0f32; got.iter().product()];
+        dequantize_into(info.ty, self.file.tensor_data(info), &mut out)
+            .map_err(|e| self.invalid(name, e.to_string()))?;
+        check_finite(self.file.path(), name, &out)?;
+        Ok(out)
+    }
+}
+
+fn config_from_gguf(f: &GgufFile) -> Result<BitNetConfig, WeightError> {
+    let arch = f.get_str("general.architecture")?.to_owned();
+    let key = |k: &str| format!("{arch}.{k}");
+    let u = |k: &str| -> Result<usize, WeightError> {
+        let name = key(k);
+        f.get(&name)
+            .and_then(|v| v.to_u64())
+            .map(|v| v as usize)
+            .ok_or_else(|| WeightError::Invalid {
+                file: f.path().to_path_buf(),
+                tensor: name.clone(),
+                reason: "missing or not an unsigned integer metadata key".into(),
+            })
+    };
+    let fl = |k: &str, default: f32| -> f32 {
+        f.get(&key(k))
+            .and_then(|v| v.to_f64())
+            .map_or(default, |v| v as f32)
+    };
+    let act = match f.get(GGUF_ACT_KEY).and_then(|v| v.as_str()) {
+        Some(s) => s.to_owned(),
+        None if arch == "bitnet-b1.58" => "relu2".into(),
+        None => "silu".into(),
+    };
+    let heads = u("attention.head_count")?;
+    let embd = f
+        .tensor("token_embd.weight")
+        .ok_or_else(|| WeightError::Missing {
+            file: f.path().to_path_buf(),
+            tensor: "token_embd.weight".into(),
+            hint: String::new(),
+        })?;
+    let vocab = embd.ne.get(1).copied().unwrap_or(0) as usize;
+    let json = serde_json::json!({
+        "hidden_size": u("embedding_length")?,
+        "intermediate_size": u("feed_forward_length")?,
+        "num_hidden_layers": u("block_count")?,
+        "num_attention_heads": heads,
+        "num_key_value_heads": u("attention.head_count_kv").unwrap_or(heads),
+        "head_dim": u("attention.key_length").ok(),
+        "vocab_size": vocab,
+        "hidden_act": act,
+        "rope_theta": fl("rope.freq_base", 10_000.0),
+        "rms_norm_eps": fl("attention.layer_norm_rms_epsilon", 1e-5),
+        "tie_word_embeddings": f.tensor("output.weight").is_none(),
+        "max_position_embeddings": u("context_length")?,
+        "bos_token_id": f.get("tokenizer.ggml.bos_token_id").and_then(|v| v.to_u64()),
+        "eos_token_id": f.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u64()),
+    });
+    Ok(BitNetConfig::from_json_str(
+        &f.path().display().to_string(),
+        &json.to_string(),
+    )?)
+}
+
+/// A ternary projection read row by row from packed GGUF bytes.
+struct GgufTernary<'a> {
+    ty: GgmlType,
+    data: &'a [u8],
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    scale: f32,
+}
+
+impl TernarySource for GgufTernary<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn scale(&self) -> f32 {
+        self.scale
+    }
+    fn row_codes(&self, r: usize, out: &mut [i8]) {
+        let src = &self.data[r * self.row_bytes..(r + 1) * self.row_bytes];
+        let mut scales = vec![0f32; self.cols / self.ty.block_size()];
+        // Validated when the source was built: lengths match and codes decode.
+        unpack_ternary_into(self.ty, src, out, &mut scales).expect("validated GGUF ternary row");
+    }
+}
+
+impl WeightSource for GgufWeights {
+    fn config(&self) -> &BitNetConfig {
+        &self.cfg
+    }
+
+    fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, WeightError> {
+        self.dense(&Self::gguf_name(name), shape)
+    }
+
+    fn ternary(&self, layer: usize, p: Proj) -> Result<Box<dyn TernarySource + '_>, WeightError> {
+        let (rows, cols) = p.shape(&self.cfg);
+        let name = format!("blk.{layer}.{}.weight", p.gguf_name());
+        let info = self.info(&name)?;
+        let scale_tensor = self
+            .file
+            .tensor(&format!("blk.{layer}.{}.scale", p.gguf_name()));
+        let extra = match scale_tensor {
+            Some(s) => {
+                let mut v = [0f32];
+                if s.ne.iter().product::<u64>() != 1 {
+                    return Err(
+                        self.invalid(&name, "its .scale tensor is not a single value".into())
+                    );
+                }
+                dequantize_into(s.ty, self.file.tensor_data(s), &mut v)
+                    .map_err(|e| self.invalid(&name, e.to_string()))?;
+                v[0]
+            }
+            None => 1.0,
+        };
+        match info.ty {
+            GgmlType::TQ1_0 | GgmlType::TQ2_0 => {
+                let got: Vec<usize> = info.shape().iter().map(|&d| d as usize).collect();
+                check_shape(self.file.path(), &name, &got, &[rows, cols])?;
+                let data = self.file.tensor_data(info);
+                let row_bytes = data.len() / rows.max(1);
+                // Every block must share one scale (BitNet's per-tensor absmean);
+                // all-zero blocks store d = 0. Decoding each row once here also
+                // proves that every code is valid.
+                let mut codes = vec![0i8; cols];
+                let mut scales = vec![0f32; cols / info.ty.block_size()];
+                let mut d = 0f32;
+                for r in 0..rows {
+                    let src = &data[r * row_bytes..(r + 1) * row_bytes];
+                    unpack_ternary_into(info.ty, src, &mut codes, &mut scales)
+                        .map_err(|e| self.invalid(&name, format!("row {r}: {e}")))?;
+                    for &s in scales.iter().filter(|s| **s != 0.0) {
+                        if d == 0.0 {
+                            d = s;
+                        } else if s != d {
+                            return Err(self.invalid(
+                                &name,
+                                format!(
+                                    "row {r} mixes block scales {d} and {s}; a BitNet \
+                                     projection has one scale per tensor"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Ok(Box::new(GgufTernary {
+                    ty: info.ty,
+                    data,
+                    rows,
+                    cols,
+                    row_bytes,
+                    scale: d * extra,
+                }))
+            }
+            GgmlType::I2_S => {
+                let got: Vec<usize> = info.shape().iter().map(|&d| d as usize).collect();
+                check_shape(self.file.path(), &name, &got, &[rows, cols])?;
+                let mut codes = vec![0i8; rows * cols];
+                let mut scale = [0f32];
+                unpack_ternary_into(info.ty, self.file.tensor_data(info), &mut codes, &mut scale)
+                    .map_err(|e| self.invalid(&name, e.to_string()))?;
+                Ok(Box::new(OwnedTernary {
+                    rows,
+                    cols,
+                    codes,
+                    scale: scale[0] * extra,
+                }))
+            }
+            _ if scale_tensor.is_some() => {
+                // Codes stored densely (F32, F16, Q8_0) next to their f32 scale.
+                // Q8_0 holds a code as 127 * f16(1/127), within 5e-4 of it.
+                let w = self.dense(&name, &[rows, cols])?;
+                let mut codes = Vec::with_capacity(w.len());
+                for (i, &x) in w.iter().enumerate() {
+                    let c = x.round();
+                    if (x - c).abs() > 1e-2 || c.abs() > 1.0 {
+                        return Err(self.invalid(
+                            &name,
+                            format!(
+                                "element {i} is {x}, not a ternary code (a .scale tensor \
+                                 says the weight holds codes -1, 0, 1)"
+                            ),
+                        ));
+                    }
+                    codes.push(c as i8);
+                }
+                Ok(Box::new(OwnedTernary {
+                    rows,
+                    cols,
+                    codes,
+                    scale: extra,
+                }))
+            }
+            _ => {
+                // A full-precision master: ternarize on load (absmean).
+                let w = self.dense(&name, &[rows, cols])?;
+                Ok(Box::new(ternarize(rows, cols, &w)))
+            }
+        }
+    }
+}

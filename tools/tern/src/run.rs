@@ -1,0 +1,218 @@
+//! `tern generate` and `tern logits`.
+
+use anyhow::{bail, Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tern_backend::Cpu;
+use tern_model::sample::{Sampler, SamplerConfig};
+use tern_model::source::ModelSource;
+use tern_model::tokenizer::StreamDecoder;
+use tern_model::Model;
+
+/// Options shared by the commands that run a model.
+#[derive(clap::Args, Debug)]
+pub struct ModelArgs {
+    /// A .gguf file, a Hugging Face checkpoint folder, or random:NAME[@SEED]
+    /// (random weights of a built-in config, e.g. random:125m).
+    #[arg(long, short = 'm')]
+    pub model: String,
+    /// tokenizer.json to use instead of the one the model carries.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// CPU threads (default: all cores).
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+    /// Context length for the KV cache (default: the model's maximum).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<(ModelSource, Model<Cpu>)> {
+        let src = ModelSource::open(&self.model)
+            .with_context(|| format!("loading model {}", self.model))?;
+        let backend = match self.threads {
+            Some(n) => Cpu::with_threads(n),
+            None => Cpu::new(),
+        };
+        let t = Instant::now();
+        let model = Model::load(backend, src.weights())?;
+        eprintln!(
+            "loaded {} ({} layers, hidden {}) in {:.2} s on {}",
+            self.model,
+            model.cfg.num_hidden_layers,
+            model.cfg.hidden_size,
+            t.elapsed().as_secs_f64(),
+            tern_backend::Backend::name(&model.backend)
+        );
+        Ok((src, model))
+    }
+}
+
+/// Parse `1,2,3`.
+pub fn parse_tokens(s: &str) -> Result<Vec<u32>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<u32>()
+                .with_context(|| format!("--tokens: {t:?} is not a token id"))
+        })
+        .collect()
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt text.
+    #[arg(long, short = 'p', conflicts_with = "tokens")]
+    pub prompt: Option<String>,
+    /// The prompt as token ids (`1,2,3`); output is printed as ids too.
+    #[arg(long)]
+    pub tokens: Option<String>,
+    /// Tokens to generate.
+    #[arg(long, short = 'n', default_value_t = 64)]
+    pub n_predict: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Temperature; 0 is greedy.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Keep generating past the end-of-sequence token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+pub fn generate(a: &GenerateArgs) -> Result<()> {
+    let (src, mut model) = a.model.load()?;
+    let max_ctx = model
+        .cfg
+        .max_position_embeddings
+        .min(a.model.ctx.unwrap_or(usize::MAX));
+    let (tokenizer, mut prompt) = match (&a.prompt, &a.tokens) {
+        (_, Some(t)) => (None, parse_tokens(t)?),
+        (Some(p), None) => {
+            let tok = src.tokenizer(a.model.tokenizer.as_deref())?;
+            let ids = tok.encode(p, true)?;
+            (Some(tok), ids)
+        }
+        (None, None) => bail!("give a prompt with -p TEXT or --tokens 1,2,3"),
+    };
+    if prompt.is_empty() {
+        bail!("the prompt encodes to no tokens");
+    }
+    if prompt.len() >= max_ctx {
+        let keep = max_ctx.saturating_sub(1).max(1);
+        eprintln!(
+            "warning: prompt of {} tokens does not fit the context of {max_ctx}; keeping its last {keep}",
+            prompt.len()
+        );
+        prompt.drain(..prompt.len() - keep);
+    }
+    let n_predict = a.n_predict.min(max_ctx - prompt.len());
+    // The KV cache holds what this run needs, not the model's whole window.
+    model.set_context(a.model.ctx.unwrap_or(prompt.len() + n_predict))?;
+    let mut sampler = Sampler::new(SamplerConfig {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        repetition_penalty: a.repeat_penalty,
+        repetition_window: a.repeat_last_n,
+        seed: a.seed,
+    });
+    let eos = model.cfg.eos_token_id;
+    let mut out = std::io::stdout().lock();
+    let mut stream = tokenizer.as_ref().map(|t| StreamDecoder::new(t, true));
+    let mut history = prompt.clone();
+
+    let t0 = Instant::now();
+    let logits = model.forward(&prompt, false)?;
+    let prefill_s = t0.elapsed().as_secs_f64();
+    let mut next = sampler.sample(&logits, &history);
+    let t1 = Instant::now();
+    let mut generated = 0usize;
+    loop {
+        generated += 1;
+        history.push(next);
+        match &mut stream {
+            Some(s) => write!(out, "{}", s.push(next)?)?,
+            None => write!(out, "{next} ")?,
+        }
+        out.flush()?;
+        if generated >= n_predict || (!a.ignore_eos && Some(next) == eos) {
+            break;
+        }
+        let logits = model.forward(&[next], false)?;
+        next = sampler.sample(&logits, &history);
+    }
+    if let Some(s) = &mut stream {
+        write!(out, "{}", s.finish()?)?;
+    }
+    writeln!(out)?;
+    let decode_s = t1.elapsed().as_secs_f64();
+    // The first generated token comes from the prefill logits, so decode
+    // timing covers generated - 1 forward passes.
+    let decoded = generated.saturating_sub(1);
+    eprintln!(
+        "prefill: {} tokens in {:.3} s ({:.1} tok/s); decode: {} tokens in {:.3} s ({:.1} tok/s)",
+        prompt.len(),
+        prefill_s,
+        prompt.len() as f64 / prefill_s.max(1e-9),
+        decoded,
+        decode_s,
+        decoded as f64 / decode_s.max(1e-9)
+    );
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Token ids (`1,2,3`).
+    #[arg(long, conflicts_with = "prompt")]
+    pub tokens: Option<String>,
+    /// Text to tokenize (with the model's special tokens, e.g. BOS).
+    #[arg(long, short = 'p')]
+    pub prompt: Option<String>,
+    /// Output .npy file: f32 logits of shape [T, vocab].
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn logits(a: &LogitsArgs) -> Result<()> {
+    let (src, mut model) = a.model.load()?;
+    let tokens = match (&a.tokens, &a.prompt) {
+        (Some(t), _) => parse_tokens(t)?,
+        (None, Some(p)) => src
+            .tokenizer(a.model.tokenizer.as_deref())?
+            .encode(p, true)?,
+        (None, None) => bail!("give --tokens 1,2,3 or -p TEXT"),
+    };
+    let vocab = model.cfg.vocab_size;
+    model.set_context(a.model.ctx.unwrap_or(tokens.len()))?;
+    let logits = model.forward(&tokens, true)?;
+    write_npy(&a.out, &[tokens.len(), vocab], &logits)?;
+    eprintln!(
+        "wrote {} ([{}, {}] f32)",
+        a.out.display(),
+        tokens.len(),
+        vocab
+    );
+    Ok(())
+}
+
+fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    tern_io::npy::write_f32(path, shape, data)?;
+    Ok(())
+}
