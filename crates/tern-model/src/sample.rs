@@ -84,15 +84,18 @@ impl Sampler {
         if idx.is_empty() {
             return 0;
         }
-        idx.sort_by(|&a, &b| {
-            l[b as usize]
-                .partial_cmp(&l[a as usize])
+        let order = |a: &u32, b: &u32| {
+            l[*b as usize]
+                .partial_cmp(&l[*a as usize])
                 .unwrap_or(std::cmp::Ordering::Equal)
-                .then(a.cmp(&b))
-        });
-        if self.cfg.top_k > 0 {
+                .then(a.cmp(b))
+        };
+        if self.cfg.top_k > 0 && self.cfg.top_k < idx.len() {
+            // Partition first: sorting a whole 128k vocabulary per token is wasted work.
+            idx.select_nth_unstable_by(self.cfg.top_k - 1, order);
             idx.truncate(self.cfg.top_k);
         }
+        idx.sort_by(order);
         let t = self.cfg.temperature as f64;
         let max = l[idx[0] as usize] as f64 / t;
         let mut p: Vec<f64> = idx

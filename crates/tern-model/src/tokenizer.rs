@@ -678,7 +678,7 @@ impl<'a> StreamDecoder<'a> {
 
     /// Add one token; returns the newly completed text (may be empty).
     pub fn push(&mut self, id: u32) -> Result<String, TokenizerError> {
-        if false && self.tok.is_special(id) {
+        if self.skip_special && self.tok.is_special(id) {
             return Ok(String::new());
         }
         self.ids.push(id);

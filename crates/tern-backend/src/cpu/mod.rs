@@ -614,6 +614,10 @@ fn gemm(a: &[f32], b: &[f32], c: &mut [f32], g: Gemm) {
         }
         return;
     }
+    if m <= SMALL_M && !trans_a && trans_b {
+        gemv_rows(a, b, c, g);
+        return;
+    }
     // element (i, p) of op(A) is at i * rsa + p * csa
     let (rsa, csa) = if trans_a {
         (1, m as isize)
@@ -673,4 +677,58 @@ fn gemm(a: &[f32], b: &[f32], c: &mut [f32], g: Gemm) {
             );
         }
     });
+}
+
+/// Up to this many rows of `A`, `A · Bᵀ` runs as dot products over the rows of
+/// `B` (decode's LM head: one token against a `[vocab, hidden]` matrix), which
+/// streams `B` once instead of packing it for a blocked GEMM.
+const SMALL_M: usize = 4;
+
+/// `C = alpha * A · Bᵀ + beta * C` for `A [m, k]`, `B [n, k]`, small `m`.
+fn gemv_rows(a: &[f32], b: &[f32], c: &mut [f32], g: Gemm) {
+    let (m, k, n) = (g.m, g.k, g.n);
+    const COLS: usize = 256;
+    // Work on column blocks of C for all m rows at once, so each row of B is
+    // read once per call.
+    let mut blocks: Vec<(usize, Vec<f32>)> = (0..n)
+        .step_by(COLS)
+        .map(|j0| (j0, vec![0f32; m * COLS.min(n - j0)]))
+        .collect();
+    blocks.par_iter_mut().for_each(|(j0, out)| {
+        let w = out.len() / m;
+        for jj in 0..w {
+            let brow = &b[(*j0 + jj) * k..(*j0 + jj + 1) * k];
+            for i in 0..m {
+                out[i * w + jj] = dot(&a[i * k..(i + 1) * k], brow);
+            }
+        }
+    });
+    for (j0, out) in blocks {
+        let w = out.len() / m;
+        for i in 0..m {
+            for jj in 0..w {
+                let cv = &mut c[i * n + j0 + jj];
+                let v = g.alpha * out[i * w + jj];
+                *cv = if g.beta == 0.0 { v } else { v + g.beta * *cv };
+            }
+        }
+    }
+}
+
+/// f32 dot product with eight independent accumulators (vectorizes).
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let xc = x.chunks_exact(8);
+    let yc = y.chunks_exact(8);
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (xs, ys) in xc.zip(yc) {
+        for l in 0..8 {
+            acc[l] += xs[l] * ys[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (a, b) in xr.iter().zip(yr) {
+        s += a * b;
+    }
+    s
 }
