@@ -21,8 +21,8 @@ fn tern(args: &[&str]) -> (bool, String, String) {
 }
 
 fn fixture_tokens() -> String {
-    let a = tern_io::npy::read(&root().join("tests/fixtures/bitnet/relu2_gqa.input_ids.npy"))
-        .unwrap();
+    let a =
+        tern_io::npy::read(&root().join("tests/fixtures/bitnet/relu2_gqa.input_ids.npy")).unwrap();
     let ids: Vec<String> = a.data.iter().map(|v| (*v as u32).to_string()).collect();
     ids.join(",")
 }
@@ -70,23 +70,43 @@ fn generate_streams_ids_and_reports_speed() {
         "0",
     ]);
     assert!(ok, "{err}");
-    let ids: Vec<u32> = out
-        .split_whitespace()
-        .map(|t| t.parse().unwrap())
-        .collect();
+    let ids: Vec<u32> = out.split_whitespace().map(|t| t.parse().unwrap()).collect();
     assert_eq!(ids.len(), 6, "{out}");
     assert!(ids.iter().all(|&i| i < 96));
-    assert!(err.contains("prefill:") && err.contains("decode:") && err.contains("tok/s"), "{err}");
+    assert!(
+        err.contains("prefill:") && err.contains("decode:") && err.contains("tok/s"),
+        "{err}"
+    );
     // Greedy decoding is deterministic; a seeded sample is reproducible.
     let (_, again, _) = tern(&[
-        "generate", "--model", "tests/fixtures/bitnet/relu2_gqa", "--tokens", "1,2,3", "-n",
-        "6", "--temp", "0",
+        "generate",
+        "--model",
+        "tests/fixtures/bitnet/relu2_gqa",
+        "--tokens",
+        "1,2,3",
+        "-n",
+        "6",
+        "--temp",
+        "0",
     ]);
     assert_eq!(out, again);
     let sample = |seed: &str| {
         tern(&[
-            "generate", "--model", "tests/fixtures/bitnet/relu2_gqa", "--tokens", "1,2,3",
-            "-n", "12", "--temp", "1.5", "--top-k", "0", "--top-p", "1", "--seed", seed,
+            "generate",
+            "--model",
+            "tests/fixtures/bitnet/relu2_gqa",
+            "--tokens",
+            "1,2,3",
+            "-n",
+            "12",
+            "--temp",
+            "1.5",
+            "--top-k",
+            "0",
+            "--top-p",
+            "1",
+            "--seed",
+            seed,
         ])
         .1
     };
@@ -110,14 +130,38 @@ fn long_prompts_are_truncated_with_a_message_and_bad_models_are_named() {
     assert!(ok, "{err}");
     assert!(err.contains("does not fit the context"), "{err}");
     assert!(!out.trim().is_empty());
-    let (ok, _, err) = tern(&["logits", "--model", "nope/missing.gguf", "--tokens", "1", "--out", "/dev/null"]);
+    let (ok, _, err) = tern(&[
+        "logits",
+        "--model",
+        "nope/missing.gguf",
+        "--tokens",
+        "1",
+        "--out",
+        "/dev/null",
+    ]);
     assert!(!ok);
-    assert!(err.contains("missing.gguf") && !err.contains("panicked"), "{err}");
-    let (ok, _, err) = tern(&["logits", "--model", "random:12x", "--tokens", "1", "--out", "/dev/null"]);
+    assert!(
+        err.contains("missing.gguf") && !err.contains("panicked"),
+        "{err}"
+    );
+    let (ok, _, err) = tern(&[
+        "logits",
+        "--model",
+        "random:12x",
+        "--tokens",
+        "1",
+        "--out",
+        "/dev/null",
+    ]);
     assert!(!ok);
     assert!(err.contains("12x") && err.contains("bitnet-125m"), "{err}");
     let (ok, _, err) = tern(&[
-        "logits", "--model", "tests/fixtures/bitnet/relu2_gqa", "--tokens", "1,999", "--out",
+        "logits",
+        "--model",
+        "tests/fixtures/bitnet/relu2_gqa",
+        "--tokens",
+        "1,999",
+        "--out",
         "/dev/null",
     ]);
     assert!(!ok);
