@@ -55,6 +55,52 @@ fn hf_safetensors_logits_match_transformers_w158a8() {
 }
 
 #[test]
+fn packed_checkpoints_in_both_conventions_match_the_online_model() {
+    let toks = tokens("relu2_gqa");
+    let (_, quant) = oracle("relu2_gqa", "quant");
+    let online = logits_of(
+        &HfWeights::open(&fixture("bitnet/relu2_gqa")).unwrap(),
+        &toks,
+    );
+    for dir in ["relu2_gqa_packed_auto", "relu2_gqa_packed_bitlinear"] {
+        let src = HfWeights::open(&fixture(&format!("bitnet/{dir}"))).unwrap();
+        let ours = logits_of(&src, &toks);
+        let d = max_abs_diff(&ours, &quant);
+        let d_online = ours
+            .iter()
+            .zip(&online)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!("{dir}: vs hf {d:.3e}, vs online-quantized tern {d_online:.3e}");
+        // Same codes; the stored scale differs from the online one only by float rounding.
+        assert!(d <= 1e-3 && d_online <= 1e-4, "{dir}: {d} / {d_online}");
+    }
+    // Without a linear_class the scale has no meaning: a clear error.
+    let tmp = tempfile::tempdir().unwrap();
+    let src_dir = fixture("bitnet/relu2_gqa_packed_auto");
+    std::fs::copy(
+        src_dir.join("model.safetensors"),
+        tmp.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(src_dir.join("config.json")).unwrap();
+    std::fs::write(
+        tmp.path().join("config.json"),
+        cfg.replace("autobitlinear", "nonsense"),
+    )
+    .unwrap();
+    let src = HfWeights::open(tmp.path()).unwrap();
+    let e = Model::load(Cpu::with_threads(1), &src)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("linear_class") && e.contains("config.json"),
+        "{e}"
+    );
+}
+
+#[test]
 fn tern_written_gguf_gives_the_same_logits() {
     let dir = tempfile::tempdir().unwrap();
     for name in CONFIGS {

@@ -197,14 +197,108 @@ pub fn ternarize(rows: usize, cols: usize, w: &[f32]) -> OwnedTernary {
 pub struct HfWeights {
     cfg: BitNetConfig,
     ckpt: Checkpoint,
+    config_path: PathBuf,
+    /// `quantization_config.linear_class` of a pre-packed checkpoint.
+    linear_class: Option<String>,
+}
+
+/// How a packed checkpoint's `weight_scale` relates to the weights.
+fn packed_scale(linear_class: &str, stored: f32) -> Option<f32> {
+    match linear_class {
+        // AutoBitLinear multiplies the output by `weight_scale` (about mean|W|).
+        "autobitlinear" => Some(stored),
+        // BitLinear divides the output by `weight_scale` (about 1/mean|W|).
+        "bitlinear" => Some(1.0 / stored),
+        _ => None,
+    }
 }
 
 impl HfWeights {
     /// Open a folder holding `config.json` and one or many safetensors files.
     pub fn open(dir: &Path) -> Result<Self, WeightError> {
-        let cfg = BitNetConfig::from_file(&dir.join("config.json"))?;
+        let config_path = dir.join("config.json");
+        let cfg = BitNetConfig::from_file(&config_path)?;
+        let linear_class = std::fs::read_to_string(&config_path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| {
+                v.get("quantization_config")?
+                    .get("linear_class")?
+                    .as_str()
+                    .map(str::to_owned)
+            });
         let ckpt = Checkpoint::open(dir)?;
-        Ok(HfWeights { cfg, ckpt })
+        Ok(HfWeights {
+            cfg,
+            ckpt,
+            config_path,
+            linear_class,
+        })
+    }
+
+    /// A pre-packed projection: U8 `[out/4, in]` holding `code + 1` in bit
+    /// pairs, row `r` of the matrix in pair `r / (out/4)` of packed row
+    /// `r % (out/4)`, plus a `weight_scale` whose meaning `linear_class` gives.
+    fn packed(&self, name: &str, rows: usize, cols: usize) -> Result<OwnedTernary, WeightError> {
+        let e = self.ckpt.entry(name)?;
+        let file = self.ckpt.file_of(e).to_path_buf();
+        let invalid = |reason: String| WeightError::Invalid {
+            file: file.clone(),
+            tensor: name.to_owned(),
+            reason,
+        };
+        if rows % 4 != 0 {
+            return Err(invalid(format!(
+                "{rows} output rows cannot be packed four to a byte"
+            )));
+        }
+        check_shape(&file, name, &e.shape, &[rows / 4, cols])?;
+        let class = self.linear_class.as_deref().ok_or_else(|| WeightError::Invalid {
+            file: self.config_path.clone(),
+            tensor: "quantization_config.linear_class".into(),
+            reason: format!(
+                "`{name}` is pre-packed (U8), which needs linear_class \"autobitlinear\" or \"bitlinear\" to give its weight_scale a meaning"
+            ),
+        })?;
+        let scale_name = format!("{}_scale", name);
+        let stored = self
+            .read(std::slice::from_ref(&scale_name), &[1])
+            .or_else(|_| self.read(std::slice::from_ref(&scale_name), &[]))?[0];
+        let scale = packed_scale(class, stored).ok_or_else(|| WeightError::Invalid {
+            file: self.config_path.clone(),
+            tensor: "quantization_config.linear_class".into(),
+            reason: format!("unknown linear_class {class:?} (expected autobitlinear or bitlinear)"),
+        })?;
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(invalid(format!(
+                "weight_scale {stored} gives no usable scale"
+            )));
+        }
+        let data = self.ckpt.entry_data(e);
+        let r4 = rows / 4;
+        let mut codes = vec![0i8; rows * cols];
+        for r in 0..rows {
+            let (src, shift) = (&data[(r % r4) * cols..(r % r4 + 1) * cols], 2 * (r / r4));
+            for (c, (&b, o)) in src
+                .iter()
+                .zip(&mut codes[r * cols..(r + 1) * cols])
+                .enumerate()
+            {
+                let u = (b >> shift) & 3;
+                if u == 3 {
+                    return Err(invalid(format!(
+                        "row {r}, column {c}: code 3 is not ternary"
+                    )));
+                }
+                *o = u as i8 - 1;
+            }
+        }
+        Ok(OwnedTernary {
+            rows,
+            cols,
+            codes,
+            scale,
+        })
     }
 
     fn hf_names(&self, name: &str) -> Vec<String> {
@@ -262,6 +356,9 @@ impl WeightSource for HfWeights {
     fn ternary(&self, layer: usize, p: Proj) -> Result<Box<dyn TernarySource + '_>, WeightError> {
         let (rows, cols) = p.shape(&self.cfg);
         let name = format!("model.layers.{layer}.{}.weight", p.hf_name());
+        if self.ckpt.get(&name).map(|e| e.dtype) == Some(tern_io::safetensors::Dtype::U8) {
+            return Ok(Box::new(self.packed(&name, rows, cols)?));
+        }
         let w = self.read(std::slice::from_ref(&name), &[rows, cols])?;
         Ok(Box::new(ternarize(rows, cols, &w)))
     }
