@@ -5,6 +5,8 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod interop;
+
 const USAGE: &str = "\
 usage: cargo xtask <command>
 
@@ -12,6 +14,12 @@ commands:
   pyenv      create or update the oracle venv in target/pyenv (gguf, numpy, safetensors)
   test       pyenv, then `cargo test --workspace` with the oracles enabled
   fixtures   regenerate every committed oracle fixture under tests/fixtures
+  convert    INPUT --out OUT.gguf [--type T] [--target T] [--embed-type T] [--hf-repo R]:
+             `tern convert` in a release build (see docs/convert.md)
+  gen-checkpoint --config 7b [--dtype f16|bf16|f32] [--seed N] --out DIR:
+             write a random Hugging Face checkpoint of a zoo config, tensor by tensor
+  interop    convert a tiny model, run it in llama.cpp (built in target/interop-venv) and
+             compare its logits with tern's (docs/interop.md)
 ";
 
 fn main() -> Result<()> {
@@ -21,6 +29,12 @@ fn main() -> Result<()> {
         Some("pyenv") => pyenv(&root).map(|_| ()),
         Some("test") => test(&root, &args[1..]),
         Some("fixtures") => fixtures(&root),
+        Some("convert") => run(Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args(["run", "--release", "--quiet", "-p", "tern", "--", "convert"])
+            .args(&args[1..])),
+        Some("gen-checkpoint") => gen_checkpoint(&root, &args[1..]),
+        Some("interop") => interop::interop(&root),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())
@@ -94,5 +108,56 @@ fn fixtures(root: &Path) -> Result<()> {
     for script in scripts {
         run(Command::new(&python).current_dir(root).arg(&script))?;
     }
+    Ok(())
+}
+
+/// `gen-checkpoint`: generation is arithmetic on gigabytes, so a debug xtask
+/// hands over to a release build of itself.
+fn gen_checkpoint(root: &Path, args: &[String]) -> Result<()> {
+    if cfg!(debug_assertions) {
+        return run(Command::new(env!("CARGO"))
+            .current_dir(root)
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "xtask",
+                "--",
+                "gen-checkpoint",
+            ])
+            .args(args));
+    }
+    let (mut config, mut dtype, mut out, mut seed) = (None, "f16".to_owned(), None, 0u64);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--config" => config = Some(val()?),
+            "--dtype" => dtype = val()?,
+            "--out" => out = Some(PathBuf::from(val()?)),
+            "--seed" => seed = val()?.parse().context("--seed")?,
+            other => bail!("gen-checkpoint: unknown argument {other}"),
+        }
+    }
+    let (Some(config), Some(out)) = (config, out) else {
+        bail!("usage: cargo xtask gen-checkpoint --config 7b [--dtype f16] [--seed N] --out DIR");
+    };
+    let cfg = tern_model::BitNetConfig::zoo(&config)?;
+    let dtype = tern_convert::gen::GenDtype::parse(&dtype)?;
+    let t0 = std::time::Instant::now();
+    let (files, bytes) =
+        tern_convert::gen::write_random_checkpoint(&cfg, dtype, seed, &out, |_, _| {})?;
+    eprintln!(
+        "wrote {} files, {:.2} GB of tensors, to {} in {:.1} s",
+        files.len(),
+        bytes as f64 / 1e9,
+        out.display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }

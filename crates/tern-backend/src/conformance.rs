@@ -33,6 +33,7 @@ macro_rules! conformance_tests {
             ternary_matmul_integer_inputs,
             ternary_matmul_edge_rows,
             ternary_upload_rejects_bad_codes,
+            ternary_matmul_float_reference,
             ternary_matmul_backward_reference,
             ternary_matmul_backward_fd,
             matmul_reference,
@@ -233,6 +234,33 @@ pub mod reference {
             }
         }
         y
+    }
+
+    /// `y = x · (W_t * scale)ᵀ` with float activations, and the magnitude
+    /// `Σ_c |x[r, c] * code[o, c] * scale|` that bounds its rounding error.
+    pub fn ternary_float(
+        codes: &[i8],
+        out: usize,
+        cols: usize,
+        scale: f64,
+        x: &[f64],
+        rows: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let mut y = vec![0f64; rows * out];
+        let mut mag = vec![0f64; rows * out];
+        for r in 0..rows {
+            for o in 0..out {
+                let (mut s, mut sa) = (0f64, 0f64);
+                for c in 0..cols {
+                    let v = x[r * cols + c] * codes[o * cols + c] as f64;
+                    s += v;
+                    sa += v.abs();
+                }
+                y[r * out + o] = s * scale;
+                mag[r * out + o] = sa * scale.abs();
+            }
+        }
+        (y, mag)
     }
 
     /// `dx = dy · (W_t * scale)`.
@@ -581,6 +609,72 @@ pub fn ternary_upload_rejects_bad_codes<B: Backend>(b: &B) {
             );
         }
     }
+}
+
+/// The float-activation product `y = x · (W_t * scale)ᵀ` (no int8
+/// quantization of `x`) against the f64 reference; budget
+/// `1e-5 * Σ|x W| + 1e-6` per element (f32 products summed over `cols`
+/// terms, sgemm order). Quantizing `x` to int8 would miss this budget by
+/// orders of magnitude (checked below on the first shape), so an
+/// implementation that quietly reuses the W1.58A8 kernel cannot pass. Shapes
+/// cover partial blocks (1, 70, 129, 300, 5460 columns), more than one
+/// 64-feature task (130 outputs) and row counts 1..17; a zero row gives zeros.
+pub fn ternary_matmul_float_reference<B: Backend>(b: &B) {
+    let mut rng = Rng::new(7);
+    for (i, &(out, cols, rows)) in [
+        (130usize, 300usize, 9usize),
+        (1, 1, 1),
+        (5, 70, 3),
+        (17, 129, 17),
+        (70, 5460, 2),
+        (64, 1024, 4),
+        (3, 2049, 5),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let codes = rng.codes(out * cols, 0.3);
+        let scale = rng.uniform(0.05, 1.5);
+        let mut x = rng.vec(rows * cols, -3.0, 3.0);
+        // one row with a dominant outlier: int8 quantization would flatten the rest
+        x[0] = 300.0;
+        let w = upload_codes(b, &codes, out, cols, scale);
+        let mut y = up(b, &vec![f32::NAN; rows * out]);
+        b.ternary_matmul_float(&w, &up(b, &x), &mut y, rows);
+        let got = down(b, &y);
+        let (want, mag) =
+            reference::ternary_float(&codes, out, cols, scale as f64, &f64s(&x), rows);
+        let tol: Vec<f64> = mag.iter().map(|m| 1e-5 * m + 1e-6).collect();
+        let what = format!("ternary_matmul_float [{rows} x {cols}] -> {out}");
+        assert_within(&what, &got, &want, &tol);
+        if i == 0 {
+            // The budget is tight enough to tell float activations from int8 ones.
+            let quant = reference::ternary_matmul(&codes, out, cols, scale, &x, rows);
+            let over = quant
+                .iter()
+                .zip(&want)
+                .zip(&tol)
+                .filter(|((&q, &w), &t)| (q as f64 - w).abs() > t)
+                .count();
+            assert!(
+                over > quant.len() / 2,
+                "{what}: the int8 product is within the float budget at {} of {} outputs; \
+                 the check could not tell the two apart",
+                quant.len() - over,
+                quant.len()
+            );
+        }
+    }
+    let (out, cols) = (9, 200);
+    let codes = rng.codes(out * cols, 0.3);
+    let w = upload_codes(b, &codes, out, cols, 0.5);
+    let mut y = up(b, &vec![1.0; 2 * out]);
+    b.ternary_matmul_float(&w, &up(b, &vec![0.0; 2 * cols]), &mut y, 2);
+    assert_exact(
+        "ternary_matmul_float zero rows",
+        &down(b, &y),
+        &vec![0.0; 2 * out],
+    );
 }
 
 /// `dx = dy · (W_t * scale)` against the f64 reference; budget

@@ -173,6 +173,19 @@ pub trait Backend: Send + Sync {
     /// even, clamp to [-128, 127]), take the exact i32 dot with every ternary
     /// row, and write `y[r, o] = acc * w_scale / a` (`[rows, out]`).
     fn ternary_matmul(&self, w: &Self::Ternary, x: &Self::Buf, y: &mut Self::Buf, rows: usize);
+    /// The same ternary weights WITHOUT activation quantization:
+    /// `y = x · (W_t * w_scale)ᵀ` in f32 (`x [rows, in]` -> `y [rows, out]`).
+    /// A diagnostic path, not BitNet's W1.58A8 forward: it exists to compare
+    /// with runtimes that multiply float activations by the dequantized
+    /// weights (llama.cpp with F32 weights). Float path: checked against the
+    /// f64 reference with a stated budget.
+    fn ternary_matmul_float(
+        &self,
+        w: &Self::Ternary,
+        x: &Self::Buf,
+        y: &mut Self::Buf,
+        rows: usize,
+    );
     /// Input gradient through the BitLinear with the straight-through
     /// estimator on both quantizers: `dx = dy · (W_t * w_scale)`
     /// (`dy [rows, out]` -> `dx [rows, in]`).

@@ -1,7 +1,6 @@
 //! NumPy `.npy` (format 1.0/2.0) for the parity hooks: `tern logits` writes
 //! f32 arrays; tests read f32/f64/i32/i64 arrays written by numpy.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// A `.npy` problem, naming the file.
@@ -55,34 +54,7 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyEr
     for v in data {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let io = |e: std::io::Error| err(path, format!("cannot write: {e}"));
-    let mut tmp = tempfile_in(dir).map_err(io)?;
-    tmp.1.write_all(&bytes).map_err(io)?;
-    tmp.1.sync_all().map_err(io)?;
-    std::fs::rename(&tmp.0, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp.0);
-        io(e)
-    })
-}
-
-fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    for i in 0..1000u32 {
-        let p = dir.join(format!(".tern-npy-{}-{i}.tmp", std::process::id()));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&p)
-        {
-            Ok(f) => return Ok((p, f)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other("no free temporary file name"))
+    crate::atomic::write_atomic(path, &bytes).map_err(|e| err(path, format!("cannot write: {e}")))
 }
 
 /// Read an array of `<f4`, `<f8`, `<i4` or `<i8` in C order.

@@ -7,10 +7,27 @@
 //! ```
 //! Every projection is a BitLinear (ternary weights, per-token int8
 //! activations); the embedding, the norms and the LM head stay in f32.
+//! [`ActQuant::None`] switches the projections to float activations, a
+//! diagnostic mode for comparing with runtimes that do not quantize them.
 
 use crate::config::{BitNetConfig, HiddenAct};
 use crate::weights::{Proj, WeightError, WeightSource};
 use tern_backend::{Activation, AttnDims, Backend, BackendError, Gemm};
+
+/// How the projections treat their input activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ActQuant {
+    /// BitNet b1.58's W1.58A8: each token row is quantized to int8
+    /// (`127 / max|x|`) before the exact ternary product. The faithful
+    /// forward, and the default.
+    #[default]
+    PerTokenInt8,
+    /// Float activations times the dequantized ternary weights
+    /// (`x · (W_t * scale)ᵀ` in f32). Not how BitNet was trained: a
+    /// diagnostic mode for comparing logits with runtimes that skip
+    /// activation quantization (llama.cpp with F32 projection weights).
+    None,
+}
 
 /// One transformer block on the device.
 pub struct Layer<B: Backend> {
@@ -38,6 +55,7 @@ pub struct Model<B: Backend> {
     /// `[vocab, hidden]`; `None` when tied to the embedding.
     pub lm_head: Option<B::Buf>,
     cache: Option<KvCache<B>>,
+    act_quant: ActQuant,
 }
 
 /// Keys and values of every layer, `[ctx, n_kv_heads, head_dim]` each.
@@ -135,7 +153,20 @@ impl<B: Backend> Model<B> {
             norm: final_norm,
             lm_head,
             cache: None,
+            act_quant: ActQuant::default(),
         })
+    }
+
+    /// Choose how the projections treat activations (default
+    /// [`ActQuant::PerTokenInt8`]). Takes effect from the next `forward`; the
+    /// KV cache is kept, so reset it when switching mid-sequence.
+    pub fn set_activation_quant(&mut self, q: ActQuant) {
+        self.act_quant = q;
+    }
+
+    /// The current activation mode.
+    pub fn activation_quant(&self) -> ActQuant {
+        self.act_quant
     }
 
     /// Tokens currently held in the KV cache.
@@ -201,6 +232,11 @@ impl<B: Backend> Model<B> {
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
         let eps = cfg.rms_norm_eps;
         let act = cfg.hidden_act.activation();
+        let act_quant = self.act_quant;
+        let linear = |w: &B::Ternary, x: &B::Buf, y: &mut B::Buf| match act_quant {
+            ActQuant::PerTokenInt8 => b.ternary_matmul(w, x, y, n),
+            ActQuant::None => b.ternary_matmul_float(w, x, y, n),
+        };
 
         let ids = b.upload_ids(tokens)?;
         let positions: Vec<u32> = (n_past..n_past + n).map(|p| p as u32).collect();
@@ -232,9 +268,9 @@ impl<B: Backend> Model<B> {
         };
         for (l, layer) in self.layers.iter().enumerate() {
             b.rmsnorm(&x, &layer.attn_norm, &mut xn, &mut rstd, n, h, eps);
-            b.ternary_matmul(&layer.q, &xn, &mut q, n);
-            b.ternary_matmul(&layer.k, &xn, &mut k, n);
-            b.ternary_matmul(&layer.v, &xn, &mut v, n);
+            linear(&layer.q, &xn, &mut q);
+            linear(&layer.k, &xn, &mut k);
+            linear(&layer.v, &xn, &mut v);
             b.rope(&mut q, &pos, n, nh, hd, cfg.rope_theta, false);
             b.rope(&mut k, &pos, n, nkv, hd, cfg.rope_theta, false);
             b.copy_range(&k, 0, &mut cache.k[l], n_past * kvd, n * kvd);
@@ -249,15 +285,15 @@ impl<B: Backend> Model<B> {
                 qd,
                 eps,
             );
-            b.ternary_matmul(&layer.o, &att_n, &mut proj, n);
+            linear(&layer.o, &att_n, &mut proj);
             b.axpy(1.0, &proj, &mut x);
 
             b.rmsnorm(&x, &layer.ffn_norm, &mut xn, &mut rstd, n, h, eps);
-            b.ternary_matmul(&layer.gate, &xn, &mut g, n);
-            b.ternary_matmul(&layer.up, &xn, &mut u, n);
+            linear(&layer.gate, &xn, &mut g);
+            linear(&layer.up, &xn, &mut u);
             b.gate(&g, &u, &mut a, act);
             b.rmsnorm(&a, &layer.ffn_sub_norm, &mut a_n, &mut rstd, n, f, eps);
-            b.ternary_matmul(&layer.down, &a_n, &mut proj, n);
+            linear(&layer.down, &a_n, &mut proj);
             b.axpy(1.0, &proj, &mut x);
         }
         cache.len += n;
@@ -287,5 +323,64 @@ impl<B: Backend> Model<B> {
             },
         );
         Ok(b.download(&logits)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::random::RandomWeights;
+    use tern_backend::Cpu;
+
+    fn tiny() -> Model<Cpu> {
+        let cfg = BitNetConfig::from_json_str(
+            "tiny",
+            r#"{"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 50,
+                "hidden_act": "silu", "tie_word_embeddings": true,
+                "max_position_embeddings": 32}"#,
+        )
+        .unwrap();
+        Model::load(Cpu::with_threads(2), &RandomWeights::new(cfg, 3)).unwrap()
+    }
+
+    #[test]
+    fn float_activations_are_a_separate_mode() {
+        let toks = [1u32, 7, 3, 44, 9, 0, 12, 5];
+        let mut m = tiny();
+        assert_eq!(m.activation_quant(), ActQuant::PerTokenInt8);
+        let int8 = m.forward(&toks, true).unwrap();
+        m.set_activation_quant(ActQuant::None);
+        assert_eq!(m.activation_quant(), ActQuant::None);
+        m.reset();
+        let float = m.forward(&toks, true).unwrap();
+        let diff = int8
+            .iter()
+            .zip(&float)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let scale = float.iter().map(|v| v.abs()).fold(0f32, f32::max);
+        // Different arithmetic (int8 rounding is gone) but the same model:
+        // the logits move by the quantization noise, not by their own size.
+        assert!(diff > 0.0, "float mode reproduced the int8 logits exactly");
+        assert!(
+            diff < 0.1 * scale,
+            "float mode moved the logits by {diff} (max |logit| {scale})"
+        );
+        // Decoding one token at a time through the cache gives the same rows.
+        m.reset();
+        let mut rows = Vec::new();
+        for &t in &toks {
+            rows.extend(m.forward(&[t], true).unwrap());
+        }
+        let drift = rows
+            .iter()
+            .zip(&float)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            drift < 1e-5,
+            "cached decode drifted by {drift} in float mode"
+        );
     }
 }

@@ -178,6 +178,24 @@ fn check_finite(file: &Path, tensor: &str, v: &[f32]) -> Result<(), WeightError>
     Ok(())
 }
 
+/// Codes and scale of a weight whose values are exactly `{-s, 0, s}` for one
+/// `s > 0`; `None` for anything else (including an all-zero weight).
+fn ternary_values(w: &[f32]) -> Option<(Vec<i8>, f32)> {
+    let s = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+    if !(s > 0.0 && s.is_finite()) {
+        return None;
+    }
+    w.iter()
+        .map(|&x| match x {
+            _ if x == s => Some(1i8),
+            _ if x == -s => Some(-1),
+            _ if x == 0.0 => Some(0),
+            _ => None,
+        })
+        .collect::<Option<Vec<i8>>>()
+        .map(|codes| (codes, s))
+}
+
 /// Absmean-ternarize a full-precision `[rows, cols]` weight.
 pub fn ternarize(rows: usize, cols: usize, w: &[f32]) -> OwnedTernary {
     let mut codes = vec![0i8; w.len()];
@@ -274,7 +292,7 @@ impl HfWeights {
                 "weight_scale {stored} gives no usable scale"
             )));
         }
-        let data = self.ckpt.entry_data(e);
+        let data = read_entry_bytes(&file, e)?;
         let r4 = rows / 4;
         let mut codes = vec![0i8; rows * cols];
         for r in 0..rows {
@@ -340,10 +358,45 @@ impl HfWeights {
         let e = self.ckpt.entry(name)?;
         let file = self.ckpt.file_of(e).to_path_buf();
         check_shape(&file, name, &e.shape, shape)?;
-        let v = self.ckpt.to_f32(name)?;
+        if !tern_io::safetensors::is_f32_convertible(e.dtype) {
+            // The checkpoint's own error names the dtype, the tensor and the file.
+            return Err(self.ckpt.to_f32(name).err().map_or_else(
+                || WeightError::Invalid {
+                    file: file.clone(),
+                    tensor: name.to_owned(),
+                    reason: format!("dtype {} cannot be read as f32", e.dtype),
+                },
+                WeightError::from,
+            ));
+        }
+        let raw = read_entry_bytes(&file, e)?;
+        let mut v = vec![0f32; e.numel()];
+        tern_io::safetensors::decode_f32(e.dtype, &raw, &mut v);
         check_finite(&file, name, &v)?;
         Ok(v)
     }
+}
+
+/// The bytes of one safetensors entry, read with ordinary file reads rather
+/// than through the memory map: pages touched through a map stay in the
+/// process's resident set until it exits, so a converter streaming a 14 GB
+/// checkpoint through the map would end up "using" 14 GB. Read-and-drop keeps
+/// the resident set at one tensor.
+fn read_entry_bytes(
+    file: &Path,
+    e: &tern_io::safetensors::TensorEntry,
+) -> Result<Vec<u8>, WeightError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io_err = |err: std::io::Error| WeightError::Invalid {
+        file: file.to_path_buf(),
+        tensor: e.name.clone(),
+        reason: format!("cannot read {} bytes at offset {}: {err}", e.len, e.offset),
+    };
+    let mut f = std::fs::File::open(file).map_err(io_err)?;
+    f.seek(SeekFrom::Start(e.offset)).map_err(io_err)?;
+    let mut buf = vec![0u8; e.len as usize];
+    f.read_exact(&mut buf).map_err(io_err)?;
+    Ok(buf)
 }
 
 impl WeightSource for HfWeights {
@@ -628,9 +681,20 @@ impl WeightSource for GgufWeights {
                 }))
             }
             _ => {
-                // A full-precision master: ternarize on load (absmean).
                 let w = self.dense(&name, &[rows, cols])?;
-                Ok(Box::new(ternarize(rows, cols, &w)))
+                // A weight that already holds `{-s, 0, s}` (the bitnet.cpp
+                // fork's dense fallback, or a llama.cpp-style baked-in scale)
+                // is used as is; anything else is a full-precision master,
+                // ternarized on load (absmean).
+                match ternary_values(&w) {
+                    Some((codes, scale)) => Ok(Box::new(OwnedTernary {
+                        rows,
+                        cols,
+                        codes,
+                        scale,
+                    })),
+                    None => Ok(Box::new(ternarize(rows, cols, &w))),
+                }
             }
         }
     }

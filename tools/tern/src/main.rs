@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+mod convert;
 mod inspect;
 mod run;
 
@@ -30,6 +31,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Convert a Hugging Face BitNet checkpoint to packed ternary GGUF.
+    Convert(convert::ConvertArgs),
     /// Generate text, streaming tokens; ends with prefill and decode tok/s.
     Generate(run::GenerateArgs),
     /// Write the logits of every position as a [T, vocab] f32 .npy file.
@@ -48,6 +51,7 @@ fn main() -> Result<()> {
                 report.write_text(&mut out)?;
             }
         }
+        Command::Convert(a) => convert::run(&a)?,
         Command::Generate(a) => run::generate(&a)?,
         Command::Logits(a) => run::logits(&a)?,
     }

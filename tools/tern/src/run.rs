@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tern_backend::Cpu;
+use tern_model::model::ActQuant;
 use tern_model::sample::{Sampler, SamplerConfig};
 use tern_model::source::ModelSource;
 use tern_model::tokenizer::StreamDecoder;
@@ -26,6 +27,31 @@ pub struct ModelArgs {
     /// Context length for the KV cache (default: the model's maximum).
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// How projections treat activations: `int8` is BitNet's W1.58A8
+    /// (per-token int8, the faithful default); `none` multiplies float
+    /// activations by the dequantized ternary weights, a diagnostic mode for
+    /// comparing logits with runtimes that do not quantize activations
+    /// (llama.cpp with F32 weights). The model was not trained that way.
+    #[arg(long, value_enum, default_value_t = ActQuantArg::Int8)]
+    pub act_quant: ActQuantArg,
+}
+
+/// `--act-quant` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActQuantArg {
+    /// Per-token absmax int8 (BitNet W1.58A8).
+    Int8,
+    /// Float activations (diagnostic).
+    None,
+}
+
+impl From<ActQuantArg> for ActQuant {
+    fn from(a: ActQuantArg) -> Self {
+        match a {
+            ActQuantArg::Int8 => ActQuant::PerTokenInt8,
+            ActQuantArg::None => ActQuant::None,
+        }
+    }
 }
 
 impl ModelArgs {
@@ -37,7 +63,8 @@ impl ModelArgs {
             None => Cpu::new(),
         };
         let t = Instant::now();
-        let model = Model::load(backend, src.weights())?;
+        let mut model = Model::load(backend, src.weights())?;
+        model.set_activation_quant(self.act_quant.into());
         eprintln!(
             "loaded {} ({} layers, hidden {}) in {:.2} s on {}",
             self.model,
@@ -46,6 +73,11 @@ impl ModelArgs {
             t.elapsed().as_secs_f64(),
             tern_backend::Backend::name(&model.backend)
         );
+        if self.act_quant == ActQuantArg::None {
+            eprintln!(
+                "note: --act-quant none: float activations (diagnostic mode, not BitNet's W1.58A8)"
+            );
+        }
         Ok((src, model))
     }
 }
@@ -188,6 +220,9 @@ pub struct LogitsArgs {
     /// Output .npy file: f32 logits of shape [T, vocab].
     #[arg(long)]
     pub out: PathBuf,
+    /// Also write the token ids that were run, as a JSON array.
+    #[arg(long)]
+    pub ids_out: Option<PathBuf>,
 }
 
 pub fn logits(a: &LogitsArgs) -> Result<()> {
@@ -203,6 +238,11 @@ pub fn logits(a: &LogitsArgs) -> Result<()> {
     model.set_context(a.model.ctx.unwrap_or(tokens.len()))?;
     let logits = model.forward(&tokens, true)?;
     write_npy(&a.out, &[tokens.len(), vocab], &logits)?;
+    if let Some(path) = &a.ids_out {
+        let list: Vec<String> = tokens.iter().map(u32::to_string).collect();
+        std::fs::write(path, format!("[{}]\n", list.join(", ")))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     eprintln!(
         "wrote {} ([{}, {}] f32)",
         a.out.display(),

@@ -142,6 +142,12 @@ impl Backend for Cpu {
             .install(|| ternary::matmul(self.kernel, w, x, y, rows));
     }
 
+    fn ternary_matmul_float(&self, w: &CpuTernary, x: &Vec<f32>, y: &mut Vec<f32>, rows: usize) {
+        check_len("ternary_matmul_float", "x", x.len(), rows * w.cols);
+        check_len("ternary_matmul_float", "y", y.len(), rows * w.rows);
+        self.pool.install(|| ternary::matmul_float(w, x, y, rows));
+    }
+
     fn ternary_matmul_backward(
         &self,
         w: &CpuTernary,

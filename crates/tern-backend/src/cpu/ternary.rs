@@ -453,6 +453,63 @@ pub(crate) fn matmul(kernel: Kernel, w: &CpuTernary, x: &[f32], y: &mut [f32], r
     });
 }
 
+/// Output features per parallel task of the float-activation product.
+const FLOAT_ROWS: usize = 64;
+/// Input features decoded per step of the float-activation product (block
+/// aligned): a task's tile is `FLOAT_ROWS x FLOAT_COLS` f32 codes.
+const FLOAT_COLS: usize = 8 * BLOCK;
+
+/// `y = x · (W_t * scale)ᵀ` with float activations (no quantization): each
+/// task owns `FLOAT_ROWS` output features (a column strip of `y`), decodes
+/// `FLOAT_ROWS x FLOAT_COLS` codes at a time into an f32 tile and accumulates
+/// with sgemm. Chunk boundaries do not depend on the thread count.
+pub(crate) fn matmul_float(w: &CpuTernary, x: &[f32], y: &mut [f32], rows: usize) {
+    let (out, cols) = (w.rows, w.cols);
+    if rows == 0 || out == 0 {
+        return;
+    }
+    let mut yv = ndarray::ArrayViewMut2::from_shape((rows, out), y).expect("y shape");
+    let chunks: Vec<_> = yv
+        .axis_chunks_iter_mut(ndarray::Axis(1), FLOAT_ROWS)
+        .collect();
+    chunks.into_par_iter().enumerate().for_each(|(ci, mut yc)| {
+        let o0 = ci * FLOAT_ROWS;
+        let no = yc.ncols();
+        let mut buf = vec![0f32; no * FLOAT_COLS.min(cols)];
+        let (rsc, csc) = (yc.strides()[0], yc.strides()[1]);
+        let cp = yc.as_mut_ptr();
+        let mut c0 = 0;
+        while c0 < cols {
+            let nc = (cols - c0).min(FLOAT_COLS);
+            decode_f32(w, o0, no, c0, nc, &mut buf[..no * nc]);
+            let beta = if c0 == 0 { 0.0 } else { 1.0 };
+            // SAFETY: A is `x[:, c0..c0 + nc]` (row stride `cols`), B is
+            // the decoded `[no, nc]` tile read transposed (`B[c, o]` at
+            // `o * nc + c`), C is this task's own `[rows, no]` column strip
+            // of `y` with the strides ndarray reports; all in bounds.
+            unsafe {
+                matrixmultiply::sgemm(
+                    rows,
+                    nc,
+                    no,
+                    w.scale,
+                    x.as_ptr().add(c0),
+                    cols as isize,
+                    1,
+                    buf.as_ptr(),
+                    1,
+                    nc as isize,
+                    beta,
+                    cp,
+                    rsc,
+                    csc,
+                );
+            }
+            c0 += nc;
+        }
+    });
+}
+
 /// Output features decoded per step of the backward.
 const BWD_ROWS: usize = 64;
 /// Input features per parallel task of the backward (block aligned).

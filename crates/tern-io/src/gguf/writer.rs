@@ -14,10 +14,8 @@
 //! and the target is left untouched.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tern_tensor::GgmlType;
 
@@ -25,6 +23,7 @@ use super::error::{GgufError, GgufErrorKind};
 use super::reader::{check_tensor, pad_to, TensorInfo};
 use super::value::{Array, Value};
 use super::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS};
+use crate::atomic::AtomicFile;
 
 type Kind = GgufErrorKind;
 
@@ -469,9 +468,9 @@ fn array_depth(a: &Array) -> usize {
     }
 }
 
-/// A buffered writer that knows its position.
+/// A writer that knows its position.
 struct Counting {
-    inner: BufWriter<File>,
+    inner: AtomicFile,
     pos: u64,
 }
 
@@ -486,42 +485,19 @@ impl Write for Counting {
     }
 }
 
-/// A temporary file next to the target, removed on drop unless persisted.
+/// The output file until it is persisted (see [`AtomicFile`]).
 struct TempFile {
-    path: PathBuf,
     file: Option<Counting>,
 }
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 impl TempFile {
     fn create(target: &Path) -> io::Result<TempFile> {
-        let dir = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let base = target
-            .file_name()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "target has no file name"))?
-            .to_string_lossy()
-            .into_owned();
-        loop {
-            let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = dir.join(format!(".{base}.{}.{n}.tmp", std::process::id()));
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(f) => {
-                    return Ok(TempFile {
-                        path,
-                        file: Some(Counting {
-                            inner: BufWriter::with_capacity(1 << 20, f),
-                            pos: 0,
-                        }),
-                    })
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < u64::MAX => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        Ok(TempFile {
+            file: Some(Counting {
+                inner: AtomicFile::create(target)?,
+                pos: 0,
+            }),
+        })
     }
 
     fn writer(&mut self) -> io::Result<&mut Counting> {
@@ -530,33 +506,11 @@ impl TempFile {
             .ok_or_else(|| io::Error::other("temporary file already closed"))
     }
 
-    fn persist(&mut self, target: &Path) -> io::Result<()> {
-        let counting = self
-            .file
+    fn persist(&mut self, _target: &Path) -> io::Result<()> {
+        self.file
             .take()
-            .ok_or_else(|| io::Error::other("temporary file already closed"))?;
-        let file = counting.inner.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&self.path, target)?;
-        // The temp file is now the target: nothing left to remove on drop.
-        self.path = PathBuf::new();
-        // Make the rename durable; some filesystems refuse to sync a
-        // directory, which does not make the file itself any less complete.
-        if let Some(dir) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        self.file = None;
-        if !self.path.as_os_str().is_empty() {
-            let _ = fs::remove_file(&self.path);
-        }
+            .ok_or_else(|| io::Error::other("temporary file already closed"))?
+            .inner
+            .commit()
     }
 }

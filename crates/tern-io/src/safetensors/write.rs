@@ -4,11 +4,10 @@
 //! `__metadata__` first, padded with spaces to a multiple of 8 bytes.
 //! `__metadata__` keys are written in sorted order.
 
+use crate::atomic::AtomicFile;
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::Write;
+use std::path::Path;
 
 use ::safetensors::Dtype;
 
@@ -198,72 +197,17 @@ where
     let header =
         plan(&mut tensors, metadata.as_ref()).map_err(|k| SafetensorsError::new(path, k))?;
 
-    let Some(file_name) = path.file_name() else {
-        return Err(SafetensorsError::io(
-            path,
-            "write",
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"),
-        ));
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let guard = TempFile(Some(tmp.clone()));
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| SafetensorsError::io(&tmp, "create temporary file", e))?;
+    let mut f = AtomicFile::create(path)
+        .map_err(|e| SafetensorsError::io(path, "create temporary file", e))?;
+    let tmp = f.temp_path().to_path_buf();
     let io = |e| SafetensorsError::io(&tmp, "write temporary file", e);
-    let mut w = BufWriter::with_capacity(1 << 20, file);
-    w.write_all(&(header.len() as u64).to_le_bytes())
+    f.write_all(&(header.len() as u64).to_le_bytes())
         .map_err(io)?;
-    w.write_all(&header).map_err(io)?;
+    f.write_all(&header).map_err(io)?;
     for t in &tensors {
-        w.write_all(t.data()).map_err(io)?;
+        f.write_all(t.data()).map_err(io)?;
     }
-    let file = w.into_inner().map_err(|e| io(e.into_error()))?;
-    file.sync_all()
-        .map_err(|e| SafetensorsError::io(&tmp, "fsync temporary file", e))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| SafetensorsError::io(path, "rename into place", e))?;
-    guard.commit();
-    sync_dir(dir);
+    f.commit()
+        .map_err(|e| SafetensorsError::io(path, "fsync and rename into place", e))?;
     Ok(())
-}
-
-/// Removes the temporary file unless committed.
-struct TempFile(Option<PathBuf>);
-
-impl TempFile {
-    fn commit(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-/// Persist the rename (best effort: not every platform can fsync a directory,
-/// and the file itself is already durable).
-fn sync_dir(dir: &Path) {
-    #[cfg(unix)]
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
 }

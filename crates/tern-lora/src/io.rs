@@ -1,0 +1,299 @@
+//! Adapter files: PEFT (`adapter_model.safetensors` + `adapter_config.json`)
+//! and llama.cpp's GGUF LoRA (`--lora`), both ways.
+//!
+//! Shapes: PEFT stores `lora_A [r, in]` and `lora_B [out, r]`; GGUF stores the
+//! same bytes as `<base>.lora_a` with `ne = {in, r}` and `<base>.lora_b` with
+//! `ne = {r, out}` (ggml lists the innermost dimension first).
+
+use crate::adapter::{Adapter, LoraConfig, ProjKey};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tern_io::gguf::{GgufFile, GgufWriter};
+use tern_io::safetensors::{write_safetensors, Checkpoint, Dtype};
+use tern_model::{BitNetConfig, Proj};
+use tern_tensor::GgmlType;
+
+/// A problem with an adapter file, naming the file and the field or tensor.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {what}")]
+pub struct AdapterFileError {
+    pub path: PathBuf,
+    pub what: String,
+}
+
+fn err(path: &Path, what: impl Into<String>) -> AdapterFileError {
+    AdapterFileError {
+        path: path.to_path_buf(),
+        what: what.into(),
+    }
+}
+
+/// PEFT's module path of a projection in layer `l`.
+pub fn peft_module(l: usize, p: Proj) -> String {
+    format!("base_model.model.model.layers.{l}.{}", p.hf_name())
+}
+
+/// llama.cpp's base tensor name of a projection in layer `l`.
+pub fn gguf_base(l: usize, p: Proj) -> String {
+    format!("blk.{l}.{}.weight", p.gguf_name())
+}
+
+fn short_name(p: Proj) -> &'static str {
+    p.hf_name().rsplit('.').next().expect("module path")
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Write `dir/adapter_model.safetensors` and `dir/adapter_config.json`.
+pub fn save_peft(ad: &Adapter, dir: &Path, base_model: &str) -> Result<(), AdapterFileError> {
+    std::fs::create_dir_all(dir).map_err(|e| err(dir, format!("cannot create folder: {e}")))?;
+    let r = ad.cfg.rank;
+    let mut tensors = Vec::new();
+    for (&(l, k), (a, b)) in &ad.tensors {
+        let m = peft_module(l, k.proj());
+        let inp = a.len() / r;
+        let out = b.len() / r;
+        tensors.push((
+            format!("{m}.lora_A.weight"),
+            Dtype::F32,
+            vec![r, inp],
+            f32_bytes(a),
+        ));
+        tensors.push((
+            format!("{m}.lora_B.weight"),
+            Dtype::F32,
+            vec![out, r],
+            f32_bytes(b),
+        ));
+    }
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_owned(), "pt".to_owned());
+    let st = dir.join("adapter_model.safetensors");
+    write_safetensors(&st, &tensors, Some(meta)).map_err(|e| err(&st, e.to_string()))?;
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": r,
+        "lora_alpha": ad.cfg.alpha,
+        "lora_dropout": ad.cfg.dropout,
+        "target_modules": ad.cfg.targets.iter().map(|&p| short_name(p)).collect::<Vec<_>>(),
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "use_rslora": false,
+        "use_dora": false,
+        "modules_to_save": null,
+        "layers_to_transform": null,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    });
+    let cj = dir.join("adapter_config.json");
+    let text = serde_json::to_string_pretty(&config).expect("JSON of plain values");
+    tern_io::atomic::write_atomic(&cj, text.as_bytes())
+        .map_err(|e| err(&cj, format!("cannot write: {e}")))
+}
+
+/// Read a PEFT adapter folder for a model of config `model`.
+pub fn load_peft(dir: &Path, model: &BitNetConfig) -> Result<Adapter, AdapterFileError> {
+    let cj = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cj).map_err(|e| err(&cj, format!("cannot read: {e}")))?;
+    let c: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| err(&cj, format!("invalid JSON: {e}")))?;
+    let field = |k: &str| c.get(k).filter(|v| !v.is_null());
+    if let Some(t) = field("peft_type").and_then(|v| v.as_str()) {
+        if t != "LORA" {
+            return Err(err(&cj, format!("peft_type {t:?} is not LORA")));
+        }
+    }
+    for flag in ["use_rslora", "use_dora", "fan_in_fan_out"] {
+        if field(flag).and_then(|v| v.as_bool()) == Some(true) {
+            return Err(err(&cj, format!("`{flag}: true` is not supported")));
+        }
+    }
+    for pat in ["rank_pattern", "alpha_pattern"] {
+        if field(pat)
+            .and_then(|v| v.as_object())
+            .is_some_and(|o| !o.is_empty())
+        {
+            return Err(err(
+                &cj,
+                format!("`{pat}` (per-module ranks) is not supported"),
+            ));
+        }
+    }
+    let rank = field("r")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| err(&cj, "field `r` is missing or not a positive integer"))?
+        as usize;
+    let alpha = field("lora_alpha")
+        .and_then(|v| v.as_f64())
+        .ok_or_else(|| err(&cj, "field `lora_alpha` is missing or not a number"))?
+        as f32;
+    let dropout = field("lora_dropout")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.0) as f32;
+    let st = dir.join("adapter_model.safetensors");
+    let ck = Checkpoint::open(&st).map_err(|e| err(&st, e.to_string()))?;
+    let mut tensors = BTreeMap::new();
+    let mut targets = Vec::new();
+    for l in 0..model.num_hidden_layers {
+        for p in Proj::ALL {
+            let m = peft_module(l, p);
+            let (an, bn) = (format!("{m}.lora_A.weight"), format!("{m}.lora_B.weight"));
+            let (ea, eb) = (ck.get(&an), ck.get(&bn));
+            if ea.is_none() && eb.is_none() {
+                continue;
+            }
+            let (out, inp) = p.shape(model);
+            let read = |name: &str, shape: [usize; 2]| -> Result<Vec<f32>, AdapterFileError> {
+                let e = ck.entry(name).map_err(|e| err(&st, e.to_string()))?;
+                if e.shape != shape {
+                    return Err(err(
+                        &st,
+                        format!(
+                            "tensor `{name}` has shape {:?}, the model needs {shape:?}",
+                            e.shape
+                        ),
+                    ));
+                }
+                let v = ck.to_f32(name).map_err(|e| err(&st, e.to_string()))?;
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(err(&st, format!("tensor `{name}` element {i} is {}", v[i])));
+                }
+                Ok(v)
+            };
+            let a = read(&an, [rank, inp])?;
+            let b = read(&bn, [out, rank])?;
+            if !targets.contains(&p) {
+                targets.push(p);
+            }
+            tensors.insert((l, ProjKey::of(p)), (a, b));
+        }
+    }
+    if tensors.is_empty() {
+        return Err(err(
+            &st,
+            "no LoRA tensors named like `base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`",
+        ));
+    }
+    targets.sort_by_key(|&p| ProjKey::of(p));
+    let cfg = LoraConfig {
+        rank,
+        alpha,
+        dropout,
+        targets,
+    };
+    cfg.validate().map_err(|e| err(&cj, e.to_string()))?;
+    Ok(Adapter { cfg, tensors })
+}
+
+/// Write a llama.cpp LoRA adapter GGUF (`llama-cli --lora FILE`).
+pub fn save_gguf(ad: &Adapter, path: &Path, arch: &str) -> Result<(), AdapterFileError> {
+    let e = |x: tern_io::gguf::GgufError| err(path, x.to_string());
+    let mut w = GgufWriter::create(path).map_err(e)?;
+    w.add_kv("general.architecture", arch).map_err(e)?;
+    w.add_kv("general.type", "adapter").map_err(e)?;
+    w.add_kv("adapter.type", "lora").map_err(e)?;
+    w.add_kv("adapter.lora.alpha", ad.cfg.alpha).map_err(e)?;
+    let r = ad.cfg.rank as u64;
+    for (&(l, k), (a, b)) in &ad.tensors {
+        let base = gguf_base(l, k.proj());
+        w.add_tensor_info(
+            format!("{base}.lora_a"),
+            GgmlType::F32,
+            &[a.len() as u64 / r, r],
+        )
+        .map_err(e)?;
+        w.add_tensor_info(
+            format!("{base}.lora_b"),
+            GgmlType::F32,
+            &[r, b.len() as u64 / r],
+        )
+        .map_err(e)?;
+    }
+    let mut sink = w.begin_data().map_err(e)?;
+    for (&(l, k), (a, b)) in &ad.tensors {
+        let base = gguf_base(l, k.proj());
+        sink.write_tensor(&format!("{base}.lora_a"), &f32_bytes(a))
+            .map_err(e)?;
+        sink.write_tensor(&format!("{base}.lora_b"), &f32_bytes(b))
+            .map_err(e)?;
+    }
+    sink.finish().map_err(e)
+}
+
+/// Read a llama.cpp LoRA adapter GGUF for a model of config `model`.
+pub fn load_gguf(path: &Path, model: &BitNetConfig) -> Result<Adapter, AdapterFileError> {
+    let f = GgufFile::open(path).map_err(|x| err(path, x.to_string()))?;
+    if f.get("general.type").and_then(|v| v.as_str()) != Some("adapter")
+        || f.get("adapter.type").and_then(|v| v.as_str()) != Some("lora")
+    {
+        return Err(err(
+            path,
+            "not a LoRA adapter (general.type must be \"adapter\", adapter.type \"lora\")",
+        ));
+    }
+    let alpha =
+        f.get("adapter.lora.alpha")
+            .and_then(|v| v.to_f64())
+            .ok_or_else(|| err(path, "metadata `adapter.lora.alpha` is missing"))? as f32;
+    let mut tensors = BTreeMap::new();
+    let mut targets = Vec::new();
+    let mut rank = None;
+    for l in 0..model.num_hidden_layers {
+        for p in Proj::ALL {
+            let base = gguf_base(l, p);
+            let (an, bn) = (format!("{base}.lora_a"), format!("{base}.lora_b"));
+            let (Some(ta), Some(tb)) = (f.tensor(&an), f.tensor(&bn)) else {
+                if f.tensor(&an).is_some() || f.tensor(&bn).is_some() {
+                    return Err(err(
+                        path,
+                        format!("`{base}` has only one of lora_a / lora_b"),
+                    ));
+                }
+                continue;
+            };
+            let (out, inp) = p.shape(model);
+            let r = ta.ne.get(1).copied().unwrap_or(0) as usize;
+            if ta.ne != [inp as u64, r as u64] || tb.ne != [r as u64, out as u64] || r == 0 {
+                return Err(err(
+                    path,
+                    format!(
+                        "`{base}`: lora_a ne {:?} / lora_b ne {:?} do not fit [{inp}, r] / [r, {out}]",
+                        ta.ne, tb.ne
+                    ),
+                ));
+            }
+            if *rank.get_or_insert(r) != r {
+                return Err(err(
+                    path,
+                    format!("`{an}` has rank {r}, other tensors another"),
+                ));
+            }
+            let read = |t: &tern_io::gguf::TensorInfo| -> Result<Vec<f32>, AdapterFileError> {
+                let mut v = vec![0f32; t.n_elements() as usize];
+                tern_tensor::codec::dequantize_into(t.ty, f.tensor_data(t), &mut v)
+                    .map_err(|x| err(path, format!("`{}`: {x}", t.name)))?;
+                Ok(v)
+            };
+            if !targets.contains(&p) {
+                targets.push(p);
+            }
+            tensors.insert((l, ProjKey::of(p)), (read(ta)?, read(tb)?));
+        }
+    }
+    let rank = rank.ok_or_else(|| err(path, "no `blk.N.<proj>.weight.lora_a` tensors"))?;
+    targets.sort_by_key(|&p| ProjKey::of(p));
+    let cfg = LoraConfig {
+        rank,
+        alpha,
+        dropout: 0.0,
+        targets,
+    };
+    cfg.validate().map_err(|e| err(path, e.to_string()))?;
+    Ok(Adapter { cfg, tensors })
+}

@@ -1,0 +1,14 @@
+//! tern-lora: LoRA adapters on a frozen BitNet base, and training them.
+//!
+//! `y = BitLinear(x) + (alpha / r) · B (A x)`: the base projection sees the
+//! int8-quantized input (W1.58A8), the LoRA branch the full-precision input, as
+//! PEFT and llama.cpp compute it. The base is frozen; gradients reach the
+//! inputs through `W_tᵀ · dy` (straight-through on both quantizers) and the
+//! adapter through plain f32 matmuls.
+
+pub mod adapter;
+pub mod io;
+pub mod train;
+
+pub use adapter::{Adapter, LoraConfig, LoraError};
+pub use train::{StepStats, Trainer};

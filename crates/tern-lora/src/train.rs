@@ -1,0 +1,620 @@
+//! LoRA training over the backend trait: explicit forward and backward per
+//! block with activation checkpointing.
+//!
+//! The forward keeps only each block's input (`[rows, hidden]` per layer);
+//! the backward recomputes one block's activations from it, so memory stays
+//! near packed weights + adapter state + one block's activations.
+
+use crate::adapter::{Adapter, LoraConfig, LoraError, ProjKey};
+use std::collections::BTreeMap;
+use tern_backend::{AdamW, AttnDims, Backend, Gemm};
+use tern_model::model::{ActQuant, Layer};
+use tern_model::{Model, Proj};
+
+/// One adapter pair on the device with its gradients and AdamW moments.
+struct Param<B: Backend> {
+    layer: usize,
+    proj: Proj,
+    /// `[r, in]`
+    a: B::Buf,
+    /// `[out, r]`
+    b: B::Buf,
+    ga: B::Buf,
+    gb: B::Buf,
+    ma: B::Buf,
+    va: B::Buf,
+    mb: B::Buf,
+    vb: B::Buf,
+}
+
+/// Loss of one forward (and backward) pass.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// Sum of per-token cross-entropy over the unmasked targets.
+    pub loss_sum: f64,
+    /// Number of unmasked targets.
+    pub n_tokens: usize,
+}
+
+impl StepStats {
+    pub fn mean(&self) -> f64 {
+        self.loss_sum / self.n_tokens.max(1) as f64
+    }
+}
+
+/// Activations of one block, recomputed from its input.
+struct BlockActs<B: Backend> {
+    n1: B::Buf,
+    rstd1: B::Buf,
+    q: B::Buf,
+    k: B::Buf,
+    v: B::Buf,
+    att: B::Buf,
+    lse: B::Buf,
+    att_n: B::Buf,
+    rstd2: B::Buf,
+    h: B::Buf,
+    n2: B::Buf,
+    rstd3: B::Buf,
+    g: B::Buf,
+    u: B::Buf,
+    a: B::Buf,
+    a_n: B::Buf,
+    rstd4: B::Buf,
+    out: B::Buf,
+}
+
+/// Trains a LoRA adapter on a frozen model.
+pub struct Trainer<'m, B: Backend> {
+    model: &'m Model<B>,
+    cfg: LoraConfig,
+    act_quant: ActQuant,
+    params: Vec<Param<B>>,
+    index: BTreeMap<(usize, ProjKey), usize>,
+    step: u32,
+}
+
+fn gemm(m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Gemm {
+    Gemm {
+        m,
+        k,
+        n,
+        trans_a,
+        trans_b,
+        alpha,
+        beta,
+    }
+}
+
+impl<'m, B: Backend> Trainer<'m, B> {
+    /// Put `adapter` on the model's device, with zero gradients and moments.
+    pub fn new(
+        model: &'m Model<B>,
+        adapter: &Adapter,
+        act_quant: ActQuant,
+    ) -> Result<Self, LoraError> {
+        adapter.check(&model.cfg)?;
+        let be = &model.backend;
+        let mut params = Vec::new();
+        let mut index = BTreeMap::new();
+        for (&(layer, key), (a, b)) in &adapter.tensors {
+            index.insert((layer, key), params.len());
+            params.push(Param {
+                layer,
+                proj: key.proj(),
+                a: be.upload(a)?,
+                b: be.upload(b)?,
+                ga: be.zeros(a.len())?,
+                gb: be.zeros(b.len())?,
+                ma: be.zeros(a.len())?,
+                va: be.zeros(a.len())?,
+                mb: be.zeros(b.len())?,
+                vb: be.zeros(b.len())?,
+            });
+        }
+        Ok(Trainer {
+            model,
+            cfg: adapter.cfg.clone(),
+            act_quant,
+            params,
+            index,
+            step: 0,
+        })
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> u32 {
+        self.step
+    }
+
+    fn be(&self) -> &B {
+        &self.model.backend
+    }
+
+    fn param(&self, layer: usize, p: Proj) -> Option<&Param<B>> {
+        self.index
+            .get(&(layer, ProjKey::of(p)))
+            .map(|&i| &self.params[i])
+    }
+
+    fn weight(layer: &Layer<B>, p: Proj) -> &B::Ternary {
+        match p {
+            Proj::Q => &layer.q,
+            Proj::K => &layer.k,
+            Proj::V => &layer.v,
+            Proj::O => &layer.o,
+            Proj::Gate => &layer.gate,
+            Proj::Up => &layer.up,
+            Proj::Down => &layer.down,
+        }
+    }
+
+    /// `y = BitLinear(x) + s · B (A x)` for `rows` rows.
+    fn proj_fwd(
+        &self,
+        l: usize,
+        p: Proj,
+        x: &B::Buf,
+        y: &mut B::Buf,
+        rows: usize,
+    ) -> Result<(), LoraError> {
+        let be = self.be();
+        let w = Self::weight(&self.model.layers[l], p);
+        match self.act_quant {
+            ActQuant::PerTokenInt8 => be.ternary_matmul(w, x, y, rows),
+            ActQuant::None => be.ternary_matmul_float(w, x, y, rows),
+        }
+        if let Some(pr) = self.param(l, p) {
+            let (out, inp) = p.shape(&self.model.cfg);
+            let r = self.cfg.rank;
+            let mut t = be.zeros(rows * r)?;
+            be.matmul(x, &pr.a, &mut t, gemm(rows, inp, r, false, true, 1.0, 0.0));
+            be.matmul(
+                &t,
+                &pr.b,
+                y,
+                gemm(rows, r, out, false, true, self.cfg.scaling(), 1.0),
+            );
+        }
+        Ok(())
+    }
+
+    /// Backward of [`Self::proj_fwd`]: writes (or, with `accumulate`, adds)
+    /// `dx` and accumulates the adapter gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn proj_bwd(
+        &mut self,
+        l: usize,
+        p: Proj,
+        x: &B::Buf,
+        dy: &B::Buf,
+        dx: &mut B::Buf,
+        rows: usize,
+        accumulate: bool,
+    ) -> Result<(), LoraError> {
+        let (out, inp) = p.shape(&self.model.cfg);
+        let r = self.cfg.rank;
+        let s = self.cfg.scaling();
+        let model = self.model;
+        let be = &model.backend;
+        let w = Self::weight(&model.layers[l], p);
+        if accumulate {
+            let mut tmp = be.zeros(rows * inp)?;
+            be.ternary_matmul_backward(w, dy, &mut tmp, rows);
+            be.axpy(1.0, &tmp, dx);
+        } else {
+            be.ternary_matmul_backward(w, dy, dx, rows);
+        }
+        if let Some(&i) = self.index.get(&(l, ProjKey::of(p))) {
+            let pr = &mut self.params[i];
+            let mut t = be.zeros(rows * r)?;
+            be.matmul(x, &pr.a, &mut t, gemm(rows, inp, r, false, true, 1.0, 0.0));
+            // dB += s · dyᵀ t
+            be.matmul(dy, &t, &mut pr.gb, gemm(out, rows, r, true, false, s, 1.0));
+            // dt = s · dy B
+            let mut dt = be.zeros(rows * r)?;
+            be.matmul(dy, &pr.b, &mut dt, gemm(rows, out, r, false, false, s, 0.0));
+            // dA += dtᵀ x ; dx += dt A
+            be.matmul(
+                &dt,
+                x,
+                &mut pr.ga,
+                gemm(r, rows, inp, true, false, 1.0, 1.0),
+            );
+            be.matmul(&dt, &pr.a, dx, gemm(rows, r, inp, false, false, 1.0, 1.0));
+        }
+        Ok(())
+    }
+
+    /// Forward of block `l` on `x` (`[batch * seq, hidden]`), keeping what the
+    /// backward needs.
+    fn block_fwd(
+        &self,
+        l: usize,
+        x: &B::Buf,
+        pos: &B::Ids,
+        batch: usize,
+        seq: usize,
+    ) -> Result<BlockActs<B>, LoraError> {
+        let be = self.be();
+        let cfg = &self.model.cfg;
+        let layer = &self.model.layers[l];
+        let rows = batch * seq;
+        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
+        let eps = cfg.rms_norm_eps;
+        let mut a = BlockActs {
+            n1: be.zeros(rows * h)?,
+            rstd1: be.zeros(rows)?,
+            q: be.zeros(rows * qd)?,
+            k: be.zeros(rows * kvd)?,
+            v: be.zeros(rows * kvd)?,
+            att: be.zeros(rows * qd)?,
+            lse: be.zeros(batch * nh * seq)?,
+            att_n: be.zeros(rows * qd)?,
+            rstd2: be.zeros(rows)?,
+            h: be.zeros(rows * h)?,
+            n2: be.zeros(rows * h)?,
+            rstd3: be.zeros(rows)?,
+            g: be.zeros(rows * f)?,
+            u: be.zeros(rows * f)?,
+            a: be.zeros(rows * f)?,
+            a_n: be.zeros(rows * f)?,
+            rstd4: be.zeros(rows)?,
+            out: be.zeros(rows * h)?,
+        };
+        be.rmsnorm(x, &layer.attn_norm, &mut a.n1, &mut a.rstd1, rows, h, eps);
+        self.proj_fwd(l, Proj::Q, &a.n1, &mut a.q, rows)?;
+        self.proj_fwd(l, Proj::K, &a.n1, &mut a.k, rows)?;
+        self.proj_fwd(l, Proj::V, &a.n1, &mut a.v, rows)?;
+        be.rope(&mut a.q, pos, rows, nh, hd, cfg.rope_theta, false);
+        be.rope(&mut a.k, pos, rows, nkv, hd, cfg.rope_theta, false);
+        be.attention(
+            &a.q,
+            &a.k,
+            &a.v,
+            &mut a.att,
+            &mut a.lse,
+            self.dims(batch, seq),
+        );
+        be.rmsnorm(
+            &a.att,
+            &layer.attn_sub_norm,
+            &mut a.att_n,
+            &mut a.rstd2,
+            rows,
+            qd,
+            eps,
+        );
+        self.proj_fwd(l, Proj::O, &a.att_n, &mut a.h, rows)?;
+        be.axpy(1.0, x, &mut a.h);
+        be.rmsnorm(&a.h, &layer.ffn_norm, &mut a.n2, &mut a.rstd3, rows, h, eps);
+        self.proj_fwd(l, Proj::Gate, &a.n2, &mut a.g, rows)?;
+        self.proj_fwd(l, Proj::Up, &a.n2, &mut a.u, rows)?;
+        be.gate(&a.g, &a.u, &mut a.a, cfg.hidden_act.activation());
+        be.rmsnorm(
+            &a.a,
+            &layer.ffn_sub_norm,
+            &mut a.a_n,
+            &mut a.rstd4,
+            rows,
+            f,
+            eps,
+        );
+        self.proj_fwd(l, Proj::Down, &a.a_n, &mut a.out, rows)?;
+        be.axpy(1.0, &a.h, &mut a.out);
+        Ok(a)
+    }
+
+    fn dims(&self, batch: usize, seq: usize) -> AttnDims {
+        let cfg = &self.model.cfg;
+        AttnDims {
+            batch,
+            n_new: seq,
+            n_past: 0,
+            kv_len: seq,
+            n_heads: cfg.num_attention_heads,
+            n_kv_heads: cfg.n_kv_heads(),
+            head_dim: cfg.head_dim(),
+        }
+    }
+
+    /// Backward of block `l`: from its input `x` and the gradient at its
+    /// output, the gradient at its input (adapter gradients accumulate).
+    fn block_bwd(
+        &mut self,
+        l: usize,
+        x: &B::Buf,
+        d_out: &B::Buf,
+        pos: &B::Ids,
+        batch: usize,
+        seq: usize,
+    ) -> Result<B::Buf, LoraError> {
+        let a = self.block_fwd(l, x, pos, batch, seq)?;
+        let model = self.model;
+        let be = &model.backend;
+        let cfg = &model.cfg;
+        let layer = &model.layers[l];
+        let rows = batch * seq;
+        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
+
+        // out = h + down(ffn_sub_norm(act(g) * u))
+        let mut d_an = be.zeros(rows * f)?;
+        self.proj_bwd(l, Proj::Down, &a.a_n, d_out, &mut d_an, rows, false)?;
+        let mut d_a = be.zeros(rows * f)?;
+        be.rmsnorm_backward(
+            &a.a,
+            &layer.ffn_sub_norm,
+            &a.rstd4,
+            &d_an,
+            &mut d_a,
+            None,
+            rows,
+            f,
+        );
+        let (mut dg, mut du) = (be.zeros(rows * f)?, be.zeros(rows * f)?);
+        be.gate_backward(
+            &a.g,
+            &a.u,
+            &d_a,
+            &mut dg,
+            &mut du,
+            cfg.hidden_act.activation(),
+        );
+        let mut d_n2 = be.zeros(rows * h)?;
+        self.proj_bwd(l, Proj::Gate, &a.n2, &dg, &mut d_n2, rows, false)?;
+        self.proj_bwd(l, Proj::Up, &a.n2, &du, &mut d_n2, rows, true)?;
+        let mut dh = be.zeros(rows * h)?;
+        be.rmsnorm_backward(
+            &a.h,
+            &layer.ffn_norm,
+            &a.rstd3,
+            &d_n2,
+            &mut dh,
+            None,
+            rows,
+            h,
+        );
+        be.axpy(1.0, d_out, &mut dh);
+
+        // h = x + o_proj(attn_sub_norm(attention(rope(q), rope(k), v)))
+        let mut d_attn = be.zeros(rows * qd)?;
+        self.proj_bwd(l, Proj::O, &a.att_n, &dh, &mut d_attn, rows, false)?;
+        let mut d_att = be.zeros(rows * qd)?;
+        be.rmsnorm_backward(
+            &a.att,
+            &layer.attn_sub_norm,
+            &a.rstd2,
+            &d_attn,
+            &mut d_att,
+            None,
+            rows,
+            qd,
+        );
+        let (mut dq, mut dk, mut dv) = (
+            be.zeros(rows * qd)?,
+            be.zeros(rows * kvd)?,
+            be.zeros(rows * kvd)?,
+        );
+        be.attention_backward(
+            &a.q,
+            &a.k,
+            &a.v,
+            &a.att,
+            &a.lse,
+            &d_att,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            self.dims(batch, seq),
+        );
+        be.rope(&mut dq, pos, rows, nh, hd, cfg.rope_theta, true);
+        be.rope(&mut dk, pos, rows, nkv, hd, cfg.rope_theta, true);
+        let mut d_n1 = be.zeros(rows * h)?;
+        self.proj_bwd(l, Proj::Q, &a.n1, &dq, &mut d_n1, rows, false)?;
+        self.proj_bwd(l, Proj::K, &a.n1, &dk, &mut d_n1, rows, true)?;
+        self.proj_bwd(l, Proj::V, &a.n1, &dv, &mut d_n1, rows, true)?;
+        let mut dx = be.zeros(rows * h)?;
+        be.rmsnorm_backward(x, &layer.attn_norm, &a.rstd1, &d_n1, &mut dx, None, rows, h);
+        be.axpy(1.0, &dh, &mut dx);
+        Ok(dx)
+    }
+
+    fn check_batch(
+        &self,
+        tokens: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<(), LoraError> {
+        let vocab = self.model.cfg.vocab_size as u32;
+        if batch == 0 || seq == 0 || tokens.len() != batch * seq || targets.len() != tokens.len() {
+            return Err(LoraError::Config(format!(
+                "batch of {} tokens / {} targets does not match {batch} x {seq}",
+                tokens.len(),
+                targets.len()
+            )));
+        }
+        if let Some(t) = tokens
+            .iter()
+            .chain(targets.iter().filter(|&&t| t != u32::MAX))
+            .find(|&&t| t >= vocab)
+        {
+            return Err(LoraError::Config(format!(
+                "token id {t} is outside the vocabulary ({vocab})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Forward, loss and (when `grad_scale` is given) backward of one
+    /// micro-batch of `batch` sequences of `seq` tokens. `targets[i]` is the
+    /// token expected after `tokens[i]`, or `u32::MAX` to ignore the position.
+    /// Adapter gradients accumulate `grad_scale · d(loss_sum)`; pass
+    /// `1 / n_tokens` of the whole (accumulated) batch for a mean loss.
+    pub fn forward_backward(
+        &mut self,
+        tokens: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seq: usize,
+        grad_scale: Option<f32>,
+    ) -> Result<StepStats, LoraError> {
+        self.check_batch(tokens, targets, batch, seq)?;
+        let model = self.model;
+        let be = &model.backend;
+        let cfg = &model.cfg;
+        let rows = batch * seq;
+        let (h, vocab) = (cfg.hidden_size, cfg.vocab_size);
+        let ids = be.upload_ids(tokens)?;
+        let tgt = be.upload_ids(targets)?;
+        let positions: Vec<u32> = (0..rows).map(|r| (r % seq) as u32).collect();
+        let pos = be.upload_ids(&positions)?;
+
+        // Forward, keeping each block's input (the checkpoints).
+        let mut xs: Vec<B::Buf> = Vec::with_capacity(model.layers.len() + 1);
+        let mut x0 = be.zeros(rows * h)?;
+        be.embedding(&model.embed, &ids, &mut x0, h);
+        xs.push(x0);
+        for l in 0..model.layers.len() {
+            let acts = self.block_fwd(l, &xs[l], &pos, batch, seq)?;
+            xs.push(acts.out);
+        }
+        let x_last = xs.last().expect("embedding output");
+        let mut xn = be.zeros(rows * h)?;
+        let mut rstd = be.zeros(rows)?;
+        be.rmsnorm(
+            x_last,
+            &model.norm,
+            &mut xn,
+            &mut rstd,
+            rows,
+            h,
+            cfg.rms_norm_eps,
+        );
+        let head = model.lm_head.as_ref().unwrap_or(&model.embed);
+        let mut logits = be.zeros(rows * vocab)?;
+        be.matmul(
+            &xn,
+            head,
+            &mut logits,
+            gemm(rows, h, vocab, false, true, 1.0, 0.0),
+        );
+        let mut loss = be.zeros(rows)?;
+        let n_tokens = targets.iter().filter(|&&t| t != u32::MAX).count();
+        let Some(scale) = grad_scale else {
+            be.cross_entropy(&logits, &tgt, &mut loss, None, rows, vocab, 1.0);
+            let loss_sum = be.download(&loss)?.iter().map(|&v| v as f64).sum();
+            return Ok(StepStats { loss_sum, n_tokens });
+        };
+        let mut dlogits = be.zeros(rows * vocab)?;
+        be.cross_entropy(
+            &logits,
+            &tgt,
+            &mut loss,
+            Some(&mut dlogits),
+            rows,
+            vocab,
+            scale,
+        );
+        drop(logits);
+        let mut dxn = be.zeros(rows * h)?;
+        be.matmul(
+            &dlogits,
+            head,
+            &mut dxn,
+            gemm(rows, vocab, h, false, false, 1.0, 0.0),
+        );
+        drop(dlogits);
+        let mut dx = be.zeros(rows * h)?;
+        be.rmsnorm_backward(x_last, &model.norm, &rstd, &dxn, &mut dx, None, rows, h);
+        for l in (0..model.layers.len()).rev() {
+            dx = self.block_bwd(l, &xs[l], &dx, &pos, batch, seq)?;
+        }
+        let loss_sum = be.download(&loss)?.iter().map(|&v| v as f64).sum();
+        Ok(StepStats { loss_sum, n_tokens })
+    }
+
+    /// Global L2 norm of the accumulated adapter gradients.
+    pub fn grad_norm(&self) -> Result<f32, LoraError> {
+        let be = self.be();
+        let mut sums = be.zeros(2 * self.params.len())?;
+        for (i, p) in self.params.iter().enumerate() {
+            be.sum_squares(&p.ga, &mut sums, 2 * i);
+            be.sum_squares(&p.gb, &mut sums, 2 * i + 1);
+        }
+        let total: f64 = be.download(&sums)?.iter().map(|&v| v as f64).sum();
+        Ok(total.sqrt() as f32)
+    }
+
+    /// Scale gradients so their global norm is at most `max_norm`
+    /// (`clip_grad_norm_`: factor `max_norm / (norm + 1e-6)`, capped at 1).
+    /// Returns the norm before clipping.
+    pub fn clip_grad_norm(&mut self, max_norm: f32) -> Result<f32, LoraError> {
+        let norm = self.grad_norm()?;
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            let be = &self.model.backend;
+            for p in &mut self.params {
+                be.scale(coef, &mut p.ga);
+                be.scale(coef, &mut p.gb);
+            }
+        }
+        Ok(norm)
+    }
+
+    /// One AdamW update of every adapter tensor, then zero the gradients.
+    pub fn optimizer_step(&mut self, lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32) {
+        self.step += 1;
+        let hp = AdamW {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            step: self.step,
+        };
+        let be = &self.model.backend;
+        for p in &mut self.params {
+            be.adamw(&mut p.a, &p.ga, &mut p.ma, &mut p.va, hp);
+            be.adamw(&mut p.b, &p.gb, &mut p.mb, &mut p.vb, hp);
+            be.scale(0.0, &mut p.ga);
+            be.scale(0.0, &mut p.gb);
+        }
+    }
+
+    /// The current adapter, copied to the host.
+    pub fn adapter(&self) -> Result<Adapter, LoraError> {
+        let be = self.be();
+        let mut tensors = BTreeMap::new();
+        for p in &self.params {
+            tensors.insert(
+                (p.layer, ProjKey::of(p.proj)),
+                (be.download(&p.a)?, be.download(&p.b)?),
+            );
+        }
+        Ok(Adapter {
+            cfg: self.cfg.clone(),
+            tensors,
+        })
+    }
+
+    /// Gradients of every adapter tensor, copied to the host (for tests).
+    pub fn gradients(&self) -> Result<Adapter, LoraError> {
+        let be = self.be();
+        let mut tensors = BTreeMap::new();
+        for p in &self.params {
+            tensors.insert(
+                (p.layer, ProjKey::of(p.proj)),
+                (be.download(&p.ga)?, be.download(&p.gb)?),
+            );
+        }
+        Ok(Adapter {
+            cfg: self.cfg.clone(),
+            tensors,
+        })
+    }
+}
