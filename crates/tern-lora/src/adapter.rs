@@ -167,3 +167,15 @@ impl Adapter {
         Ok(())
     }
 }
+
+/// Apply `ad` to `model` for inference (`tern generate --lora`): every pair
+/// becomes a low-rank delta `(alpha / r) · B A` on its projection.
+pub fn attach<B: tern_backend::Backend>(
+    model: &mut tern_model::Model<B>,
+    ad: &Adapter,
+) -> Result<(), tern_model::ModelError> {
+    for (&(l, k), (a, b)) in &ad.tensors {
+        model.add_lora(l, k.proj(), a, b, ad.cfg.rank, ad.cfg.scaling())?;
+    }
+    Ok(())
+}

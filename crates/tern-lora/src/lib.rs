@@ -10,5 +10,5 @@ pub mod adapter;
 pub mod io;
 pub mod train;
 
-pub use adapter::{Adapter, LoraConfig, LoraError};
+pub use adapter::{attach, Adapter, LoraConfig, LoraError};
 pub use train::{StepStats, Trainer};

@@ -56,6 +56,17 @@ pub struct Model<B: Backend> {
     pub lm_head: Option<B::Buf>,
     cache: Option<KvCache<B>>,
     act_quant: ActQuant,
+    /// Low-rank deltas (LoRA) per projection, applied in the order added.
+    lora: std::collections::HashMap<(usize, Proj), Vec<LowRank<B>>>,
+}
+
+/// A low-rank delta on one projection: `y += scale · B (A x)` with
+/// `A [rank, in]` and `B [out, rank]`, on the full-precision input `x`.
+pub struct LowRank<B: Backend> {
+    pub a: B::Buf,
+    pub b: B::Buf,
+    pub rank: usize,
+    pub scale: f32,
 }
 
 /// Keys and values of every layer, `[ctx, n_kv_heads, head_dim]` each.
@@ -85,6 +96,8 @@ pub enum ModelError {
         ctx: usize,
         max_pos: usize,
     },
+    #[error("LoRA: {0}")]
+    Lora(String),
     #[error("empty input: at least one token is needed")]
     Empty,
 }
@@ -154,7 +167,48 @@ impl<B: Backend> Model<B> {
             lm_head,
             cache: None,
             act_quant: ActQuant::default(),
+            lora: std::collections::HashMap::new(),
         })
+    }
+
+    /// Add a low-rank delta `scale · B A` to projection `p` of layer `layer`
+    /// (`a` is `[rank, in]`, `b` is `[out, rank]`, row-major). Deltas on the
+    /// same projection add up. Drops the KV cache contents.
+    pub fn add_lora(
+        &mut self,
+        layer: usize,
+        p: Proj,
+        a: &[f32],
+        b: &[f32],
+        rank: usize,
+        scale: f32,
+    ) -> Result<(), ModelError> {
+        let (out, inp) = p.shape(&self.cfg);
+        if layer >= self.layers.len() || rank == 0 || a.len() != rank * inp || b.len() != out * rank
+        {
+            return Err(ModelError::Lora(format!(
+                "layer {layer} {}: A has {} values and B {} for rank {rank}; the model needs \
+                 [{rank}, {inp}] and [{out}, {rank}]",
+                p.hf_name(),
+                a.len(),
+                b.len()
+            )));
+        }
+        let d = LowRank {
+            a: self.backend.upload(a)?,
+            b: self.backend.upload(b)?,
+            rank,
+            scale,
+        };
+        self.lora.entry((layer, p)).or_default().push(d);
+        self.reset();
+        Ok(())
+    }
+
+    /// Remove every low-rank delta. Drops the KV cache contents.
+    pub fn clear_lora(&mut self) {
+        self.lora.clear();
+        self.reset();
     }
 
     /// Choose how the projections treat activations (default
@@ -233,9 +287,24 @@ impl<B: Backend> Model<B> {
         let eps = cfg.rms_norm_eps;
         let act = cfg.hidden_act.activation();
         let act_quant = self.act_quant;
-        let linear = |w: &B::Ternary, x: &B::Buf, y: &mut B::Buf| match act_quant {
-            ActQuant::PerTokenInt8 => b.ternary_matmul(w, x, y, n),
-            ActQuant::None => b.ternary_matmul_float(w, x, y, n),
+        let lora = &self.lora;
+        let linear = |l: usize,
+                      p: Proj,
+                      w: &B::Ternary,
+                      x: &B::Buf,
+                      y: &mut B::Buf|
+         -> Result<(), ModelError> {
+            match act_quant {
+                ActQuant::PerTokenInt8 => b.ternary_matmul(w, x, y, n),
+                ActQuant::None => b.ternary_matmul_float(w, x, y, n),
+            }
+            let (out, inp) = p.shape(cfg);
+            for d in lora.get(&(l, p)).map_or(&[][..], Vec::as_slice) {
+                let mut t = b.zeros(n * d.rank)?;
+                b.matmul(x, &d.a, &mut t, gemm(n, inp, d.rank, true, 1.0, 0.0));
+                b.matmul(&t, &d.b, y, gemm(n, d.rank, out, true, d.scale, 1.0));
+            }
+            Ok(())
         };
 
         let ids = b.upload_ids(tokens)?;
@@ -268,9 +337,9 @@ impl<B: Backend> Model<B> {
         };
         for (l, layer) in self.layers.iter().enumerate() {
             b.rmsnorm(&x, &layer.attn_norm, &mut xn, &mut rstd, n, h, eps);
-            linear(&layer.q, &xn, &mut q);
-            linear(&layer.k, &xn, &mut k);
-            linear(&layer.v, &xn, &mut v);
+            linear(l, Proj::Q, &layer.q, &xn, &mut q)?;
+            linear(l, Proj::K, &layer.k, &xn, &mut k)?;
+            linear(l, Proj::V, &layer.v, &xn, &mut v)?;
             b.rope(&mut q, &pos, n, nh, hd, cfg.rope_theta, false);
             b.rope(&mut k, &pos, n, nkv, hd, cfg.rope_theta, false);
             b.copy_range(&k, 0, &mut cache.k[l], n_past * kvd, n * kvd);
@@ -285,15 +354,15 @@ impl<B: Backend> Model<B> {
                 qd,
                 eps,
             );
-            linear(&layer.o, &att_n, &mut proj);
+            linear(l, Proj::O, &layer.o, &att_n, &mut proj)?;
             b.axpy(1.0, &proj, &mut x);
 
             b.rmsnorm(&x, &layer.ffn_norm, &mut xn, &mut rstd, n, h, eps);
-            linear(&layer.gate, &xn, &mut g);
-            linear(&layer.up, &xn, &mut u);
+            linear(l, Proj::Gate, &layer.gate, &xn, &mut g)?;
+            linear(l, Proj::Up, &layer.up, &xn, &mut u)?;
             b.gate(&g, &u, &mut a, act);
             b.rmsnorm(&a, &layer.ffn_sub_norm, &mut a_n, &mut rstd, n, f, eps);
-            linear(&layer.down, &a_n, &mut proj);
+            linear(l, Proj::Down, &layer.down, &a_n, &mut proj)?;
             b.axpy(1.0, &proj, &mut x);
         }
         cache.len += n;
@@ -323,6 +392,19 @@ impl<B: Backend> Model<B> {
             },
         );
         Ok(b.download(&logits)?)
+    }
+}
+
+/// `C = alpha · A · op(B) + beta · C` with `A [m, k]`.
+fn gemm(m: usize, k: usize, n: usize, trans_b: bool, alpha: f32, beta: f32) -> Gemm {
+    Gemm {
+        m,
+        k,
+        n,
+        trans_a: false,
+        trans_b,
+        alpha,
+        beta,
     }
 }
 
