@@ -34,6 +34,10 @@ pub struct ModelArgs {
     /// (llama.cpp with F32 weights). The model was not trained that way.
     #[arg(long, value_enum, default_value_t = ActQuantArg::Int8)]
     pub act_quant: ActQuantArg,
+    /// A LoRA adapter to apply: a PEFT folder (adapter_model.safetensors +
+    /// adapter_config.json) or a llama.cpp adapter .gguf. Repeat to stack.
+    #[arg(long)]
+    pub lora: Vec<PathBuf>,
 }
 
 /// `--act-quant` values.
@@ -65,6 +69,17 @@ impl ModelArgs {
         let t = Instant::now();
         let mut model = Model::load(backend, src.weights())?;
         model.set_activation_quant(self.act_quant.into());
+        for path in &self.lora {
+            let ad = load_adapter(path, &model.cfg)?;
+            tern_lora::attach(&mut model, &ad)?;
+            eprintln!(
+                "applied LoRA {} (rank {}, alpha {}, {} projections)",
+                path.display(),
+                ad.cfg.rank,
+                ad.cfg.alpha,
+                ad.tensors.len()
+            );
+        }
         eprintln!(
             "loaded {} ({} layers, hidden {}) in {:.2} s on {}",
             self.model,
@@ -79,6 +94,15 @@ impl ModelArgs {
             );
         }
         Ok((src, model))
+    }
+}
+
+/// Read a PEFT adapter folder or a llama.cpp adapter GGUF.
+pub fn load_adapter(path: &Path, cfg: &tern_model::BitNetConfig) -> Result<tern_lora::Adapter> {
+    if path.is_dir() {
+        Ok(tern_lora::io::load_peft(path, cfg)?)
+    } else {
+        Ok(tern_lora::io::load_gguf(path, cfg)?)
     }
 }
 

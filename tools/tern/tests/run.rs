@@ -167,3 +167,73 @@ fn long_prompts_are_truncated_with_a_message_and_bad_models_are_named() {
     assert!(!ok);
     assert!(err.contains("999") && err.contains("vocabulary"), "{err}");
 }
+
+#[test]
+fn lora_flag_applies_peft_and_gguf_adapters_identically() {
+    use tern_model::{BitNetConfig, Proj};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = BitNetConfig::from_file(&root().join("tests/fixtures/bitnet/relu2_gqa/config.json"))
+        .unwrap();
+    let mut ad = tern_lora::Adapter::init(
+        &cfg,
+        tern_lora::LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            dropout: 0.0,
+            targets: Proj::ALL.to_vec(),
+        },
+        1,
+    )
+    .unwrap();
+    for (_, (_, b)) in ad.tensors.iter_mut() {
+        b.iter_mut()
+            .enumerate()
+            .for_each(|(j, v)| *v = (j % 5) as f32 * 0.03 - 0.06);
+    }
+    let peft = dir.path().join("peft");
+    tern_lora::io::save_peft(&ad, &peft, "relu2_gqa").unwrap();
+    let gguf = dir.path().join("a.gguf");
+    tern_lora::io::save_gguf(&ad, &gguf, "bitnet").unwrap();
+    let run = |lora: Option<&std::path::Path>, out: &str| {
+        let out = dir.path().join(out);
+        let mut args = vec![
+            "logits".to_owned(),
+            "--model".into(),
+            "tests/fixtures/bitnet/relu2_gqa".into(),
+            "--tokens".into(),
+            "1,5,9,13,17".into(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+        ];
+        if let Some(l) = lora {
+            args.push("--lora".into());
+            args.push(l.to_str().unwrap().into());
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, err) = tern(&refs);
+        assert!(ok, "{err}");
+        tern_io::npy::read(&out).unwrap().data
+    };
+    let base = run(None, "base.npy");
+    let with_peft = run(Some(&peft), "peft.npy");
+    let with_gguf = run(Some(&gguf), "gguf.npy");
+    assert_eq!(with_peft, with_gguf);
+    let moved = base
+        .iter()
+        .zip(&with_peft)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(moved > 1e-3, "adapter changed nothing: {moved}");
+    let (ok, _, err) = tern(&[
+        "logits",
+        "--model",
+        "tests/fixtures/bitnet/relu2_gqa",
+        "--tokens",
+        "1",
+        "--out",
+        "/dev/null",
+        "--lora",
+        "no/such/adapter.gguf",
+    ]);
+    assert!(!ok && err.contains("adapter.gguf"), "{err}");
+}
