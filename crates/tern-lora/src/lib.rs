@@ -8,7 +8,8 @@
 
 pub mod adapter;
 pub mod io;
+pub mod schedule;
 pub mod train;
 
 pub use adapter::{attach, Adapter, LoraConfig, LoraError};
-pub use train::{StepStats, Trainer};
+pub use train::{OptimizerState, StepStats, Trainer};

@@ -27,6 +27,15 @@ struct Param<B: Backend> {
     vb: B::Buf,
 }
 
+/// AdamW state of every adapter tensor: first and second moments in the
+/// adapter's `(A, B)` layout, and the number of steps taken.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerState {
+    pub step: u32,
+    pub m: BTreeMap<(usize, ProjKey), (Vec<f32>, Vec<f32>)>,
+    pub v: BTreeMap<(usize, ProjKey), (Vec<f32>, Vec<f32>)>,
+}
+
 /// Loss of one forward (and backward) pass.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepStats {
@@ -600,6 +609,56 @@ impl<'m, B: Backend> Trainer<'m, B> {
             cfg: self.cfg.clone(),
             tensors,
         })
+    }
+
+    /// AdamW moments `(m, v)` and the step count, copied to the host (for
+    /// checkpoints). Each map has the adapter's layout.
+    pub fn optimizer_state(&self) -> Result<OptimizerState, LoraError> {
+        let be = self.be();
+        let mut m = BTreeMap::new();
+        let mut v = BTreeMap::new();
+        for p in &self.params {
+            let key = (p.layer, ProjKey::of(p.proj));
+            m.insert(key, (be.download(&p.ma)?, be.download(&p.mb)?));
+            v.insert(key, (be.download(&p.va)?, be.download(&p.vb)?));
+        }
+        Ok(OptimizerState {
+            step: self.step,
+            m,
+            v,
+        })
+    }
+
+    /// Restore what [`Self::optimizer_state`] saved (same adapter layout).
+    pub fn load_optimizer_state(&mut self, st: &OptimizerState) -> Result<(), LoraError> {
+        let be = &self.model.backend;
+        for p in &mut self.params {
+            let key = (p.layer, ProjKey::of(p.proj));
+            let (Some((ma, mb)), Some((va, vb))) = (st.m.get(&key), st.v.get(&key)) else {
+                return Err(LoraError::Config(format!(
+                    "optimizer state has no moments for layer {} {}",
+                    p.layer,
+                    p.proj.hf_name()
+                )));
+            };
+            for (dst, src) in [
+                (&mut p.ma, ma),
+                (&mut p.mb, mb),
+                (&mut p.va, va),
+                (&mut p.vb, vb),
+            ] {
+                if be.len(dst) != src.len() {
+                    return Err(LoraError::Shape {
+                        what: format!("optimizer moment of layer {} {}", p.layer, p.proj.hf_name()),
+                        expected: vec![be.len(dst)],
+                        got: vec![src.len()],
+                    });
+                }
+                be.write(dst, 0, src);
+            }
+        }
+        self.step = st.step;
+        Ok(())
     }
 
     /// Gradients of every adapter tensor, copied to the host (for tests).
