@@ -21,6 +21,22 @@ pub struct AdapterFileError {
     pub what: String,
 }
 
+/// From a safetensors error, which already names its file.
+fn st_err(e: tern_io::safetensors::SafetensorsError) -> AdapterFileError {
+    AdapterFileError {
+        path: e.path.clone(),
+        what: e.kind.to_string(),
+    }
+}
+
+/// From a GGUF error, which already names its file.
+fn gguf_err(e: tern_io::gguf::GgufError) -> AdapterFileError {
+    AdapterFileError {
+        path: e.path().to_path_buf(),
+        what: e.kind().to_string(),
+    }
+}
+
 fn err(path: &Path, what: impl Into<String>) -> AdapterFileError {
     AdapterFileError {
         path: path.to_path_buf(),
@@ -71,7 +87,7 @@ pub fn save_peft(ad: &Adapter, dir: &Path, base_model: &str) -> Result<(), Adapt
     let mut meta = BTreeMap::new();
     meta.insert("format".to_owned(), "pt".to_owned());
     let st = dir.join("adapter_model.safetensors");
-    write_safetensors(&st, &tensors, Some(meta)).map_err(|e| err(&st, e.to_string()))?;
+    write_safetensors(&st, &tensors, Some(meta)).map_err(st_err)?;
     let config = serde_json::json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -137,7 +153,7 @@ pub fn load_peft(dir: &Path, model: &BitNetConfig) -> Result<Adapter, AdapterFil
         .and_then(|v| v.as_f64())
         .unwrap_or(0.0) as f32;
     let st = dir.join("adapter_model.safetensors");
-    let ck = Checkpoint::open(&st).map_err(|e| err(&st, e.to_string()))?;
+    let ck = Checkpoint::open(&st).map_err(st_err)?;
     let mut tensors = BTreeMap::new();
     let mut targets = Vec::new();
     for l in 0..model.num_hidden_layers {
@@ -150,7 +166,7 @@ pub fn load_peft(dir: &Path, model: &BitNetConfig) -> Result<Adapter, AdapterFil
             }
             let (out, inp) = p.shape(model);
             let read = |name: &str, shape: [usize; 2]| -> Result<Vec<f32>, AdapterFileError> {
-                let e = ck.entry(name).map_err(|e| err(&st, e.to_string()))?;
+                let e = ck.entry(name).map_err(st_err)?;
                 if e.shape != shape {
                     return Err(err(
                         &st,
@@ -160,7 +176,7 @@ pub fn load_peft(dir: &Path, model: &BitNetConfig) -> Result<Adapter, AdapterFil
                         ),
                     ));
                 }
-                let v = ck.to_f32(name).map_err(|e| err(&st, e.to_string()))?;
+                let v = ck.to_f32(name).map_err(st_err)?;
                 if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                     return Err(err(&st, format!("tensor `{name}` element {i} is {}", v[i])));
                 }
@@ -193,7 +209,7 @@ pub fn load_peft(dir: &Path, model: &BitNetConfig) -> Result<Adapter, AdapterFil
 
 /// Write a llama.cpp LoRA adapter GGUF (`llama-cli --lora FILE`).
 pub fn save_gguf(ad: &Adapter, path: &Path, arch: &str) -> Result<(), AdapterFileError> {
-    let e = |x: tern_io::gguf::GgufError| err(path, x.to_string());
+    let e = gguf_err;
     let mut w = GgufWriter::create(path).map_err(e)?;
     w.add_kv("general.architecture", arch).map_err(e)?;
     w.add_kv("general.type", "adapter").map_err(e)?;
@@ -228,7 +244,7 @@ pub fn save_gguf(ad: &Adapter, path: &Path, arch: &str) -> Result<(), AdapterFil
 
 /// Read a llama.cpp LoRA adapter GGUF for a model of config `model`.
 pub fn load_gguf(path: &Path, model: &BitNetConfig) -> Result<Adapter, AdapterFileError> {
-    let f = GgufFile::open(path).map_err(|x| err(path, x.to_string()))?;
+    let f = GgufFile::open(path).map_err(gguf_err)?;
     if f.get("general.type").and_then(|v| v.as_str()) != Some("adapter")
         || f.get("adapter.type").and_then(|v| v.as_str()) != Some("lora")
     {

@@ -7,7 +7,9 @@
 //! adapter through plain f32 matmuls.
 
 pub mod adapter;
+pub mod data;
 pub mod io;
+pub mod merge;
 pub mod schedule;
 pub mod train;
 

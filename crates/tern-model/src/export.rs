@@ -86,6 +86,11 @@ pub struct ExportOptions {
     pub name: Option<String>,
     /// Further metadata (the tokenizer keys), written after the model keys.
     pub metadata: Vec<(String, Value)>,
+    /// Write projections as full-precision values
+    /// ([`WeightSource::dense_projection`]) in `proj_type` (F16 or F32), with no
+    /// `.scale` tensors: what `tern merge` writes. Runtimes read such files as
+    /// ordinary float weights; tern re-ternarizes them on load (lossy).
+    pub dense_projections: bool,
 }
 
 impl ExportOptions {
@@ -99,6 +104,7 @@ impl ExportOptions {
             fallback: false,
             name: None,
             metadata: Vec::new(),
+            dense_projections: false,
         }
     }
 }
@@ -191,6 +197,8 @@ enum Item {
     },
     /// A projection's codes, stored as `ty`.
     Proj { layer: usize, p: Proj, ty: GgmlType },
+    /// A projection as full-precision values ([`ExportOptions::dense_projections`]).
+    DenseProj { layer: usize, p: Proj, ty: GgmlType },
     /// The f32 `.scale` of the projection just before.
     Scale,
 }
@@ -211,7 +219,18 @@ pub fn export(
         reason,
     };
     let (proj_ty, dense_ty, target) = (opts.proj_type, opts.embed_type, opts.target);
-    if !target.proj_types().contains(&proj_ty) {
+    if opts.dense_projections {
+        if !matches!(proj_ty, GgmlType::F16 | GgmlType::F32) || target != Target::LlamaCpp {
+            return Err(bad(
+                "",
+                format!(
+                    "full-precision projections are written as F16 or F32 for the llama.cpp \
+                     target, not {proj_ty} for {}",
+                    target.arch()
+                ),
+            ));
+        }
+    } else if !target.proj_types().contains(&proj_ty) {
         return Err(bad(
             "",
             format!(
@@ -278,8 +297,12 @@ pub fn export(
                     used: ty,
                 });
             }
-            items.push((name, Item::Proj { layer: l, p, ty }));
-            if target == Target::LlamaCpp && ty != GgmlType::I2_S {
+            if opts.dense_projections {
+                items.push((name, Item::DenseProj { layer: l, p, ty }));
+            } else {
+                items.push((name, Item::Proj { layer: l, p, ty }));
+            }
+            if target == Target::LlamaCpp && ty != GgmlType::I2_S && !opts.dense_projections {
                 items.push((format!("blk.{l}.{}.scale", p.gguf_name()), Item::Scale));
             }
             if p == Proj::O {
@@ -308,7 +331,7 @@ pub fn export(
     for (name, item) in &items {
         let (ty, ne): (GgmlType, Vec<u64>) = match item {
             Item::Dense { shape, ty, .. } => (*ty, shape.iter().rev().map(|&d| d as u64).collect()),
-            Item::Proj { p, ty, .. } => {
+            Item::Proj { p, ty, .. } | Item::DenseProj { p, ty, .. } => {
                 let (rows, cols) = p.shape(&cfg);
                 (*ty, vec![cols as u64, rows as u64])
             }
@@ -333,6 +356,11 @@ pub fn export(
                 let t = src.ternary(*layer, *p)?;
                 scale = t.scale();
                 write_proj(&mut sink, name, *ty, target, t.as_ref())
+                    .map_err(|e| with_tensor(e, path, name))?;
+            }
+            Item::DenseProj { layer, p, ty } => {
+                let vals = src.dense_projection(*layer, *p)?;
+                write_rows(&mut sink, name, *ty, &vals, p.shape(&cfg).1)
                     .map_err(|e| with_tensor(e, path, name))?;
             }
             Item::Scale => sink.write_tensor(name, &scale.to_le_bytes())?,

@@ -119,6 +119,22 @@ pub trait WeightSource {
     fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, WeightError>;
     /// A projection as ternary codes with a per-tensor scale.
     fn ternary(&self, layer: usize, p: Proj) -> Result<Box<dyn TernarySource + '_>, WeightError>;
+    /// A projection as full-precision `[out, in]` values. By default the
+    /// exact dequantization `code * scale` of [`WeightSource::ternary`];
+    /// sources holding something else (a merged LoRA) override it.
+    fn dense_projection(&self, layer: usize, p: Proj) -> Result<Vec<f32>, WeightError> {
+        let t = self.ternary(layer, p)?;
+        let (rows, cols, scale) = (t.rows(), t.cols(), t.scale());
+        let mut out = vec![0f32; rows * cols];
+        let mut codes = vec![0i8; cols];
+        for (r, row) in out.chunks_mut(cols).enumerate() {
+            t.row_codes(r, &mut codes);
+            for (o, &c) in row.iter_mut().zip(&codes) {
+                *o = f32::from(c) * scale;
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Ternary codes owned in memory (one quantized tensor).
@@ -424,6 +440,8 @@ impl WeightSource for HfWeights {
 pub struct GgufWeights {
     cfg: BitNetConfig,
     file: GgufFile,
+    /// Projections that held full-precision values and were ternarized on load.
+    reternarized: std::cell::RefCell<Vec<String>>,
 }
 
 /// Metadata key tern writes for the feed-forward activation (llama.cpp's
@@ -434,7 +452,18 @@ impl GgufWeights {
     pub fn open(path: &Path) -> Result<Self, WeightError> {
         let file = GgufFile::open(path)?;
         let cfg = config_from_gguf(&file)?;
-        Ok(GgufWeights { cfg, file })
+        Ok(GgufWeights {
+            cfg,
+            file,
+            reternarized: Default::default(),
+        })
+    }
+
+    /// Projections read so far that held full-precision values (a merged
+    /// LoRA, an unquantized export) and were ternarized on load: lossy, so
+    /// callers should say so.
+    pub fn reternarized(&self) -> Vec<String> {
+        self.reternarized.borrow().clone()
     }
 
     pub fn file(&self) -> &GgufFile {
@@ -693,7 +722,10 @@ impl WeightSource for GgufWeights {
                         codes,
                         scale,
                     })),
-                    None => Ok(Box::new(ternarize(rows, cols, &w))),
+                    None => {
+                        self.reternarized.borrow_mut().push(name.clone());
+                        Ok(Box::new(ternarize(rows, cols, &w)))
+                    }
                 }
             }
         }

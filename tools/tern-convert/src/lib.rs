@@ -399,6 +399,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
         fallback: true,
         name,
         metadata: vocab.kv,
+        dense_projections: false,
     };
     let pb = if opts.progress {
         let pb = indicatif::ProgressBar::new(0);

@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+mod adapters;
 mod convert;
 mod inspect;
 mod run;
@@ -37,6 +38,13 @@ enum Command {
     Generate(run::GenerateArgs),
     /// Write the logits of every position as a [T, vocab] f32 .npy file.
     Logits(run::LogitsArgs),
+    /// Fold LoRA adapters into a model and write it as an f16/f32 GGUF.
+    Merge(adapters::MergeArgs),
+    /// Work with LoRA adapters.
+    Adapters {
+        #[command(subcommand)]
+        command: adapters::AdaptersCommand,
+    },
 }
 
 fn main() -> Result<()> {
@@ -54,6 +62,8 @@ fn main() -> Result<()> {
         Command::Convert(a) => convert::run(&a)?,
         Command::Generate(a) => run::generate(&a)?,
         Command::Logits(a) => run::logits(&a)?,
+        Command::Merge(a) => adapters::merge(&a)?,
+        Command::Adapters { command } => adapters::run(&command)?,
     }
     Ok(())
 }

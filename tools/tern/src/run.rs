@@ -69,6 +69,17 @@ impl ModelArgs {
         let t = Instant::now();
         let mut model = Model::load(backend, src.weights())?;
         model.set_activation_quant(self.act_quant.into());
+        if let ModelSource::Gguf(g) = &src {
+            let re = g.reternarized();
+            if !re.is_empty() {
+                eprintln!(
+                    "note: {} projection(s) (first: {}) hold full-precision values (a merged or \
+                     unquantized model); tern ternarized them on load (absmean), which is lossy",
+                    re.len(),
+                    re[0]
+                );
+            }
+        }
         for path in &self.lora {
             let ad = load_adapter(path, &model.cfg)?;
             tern_lora::attach(&mut model, &ad)?;

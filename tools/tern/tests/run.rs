@@ -237,3 +237,89 @@ fn lora_flag_applies_peft_and_gguf_adapters_identically() {
     ]);
     assert!(!ok && err.contains("adapter.gguf"), "{err}");
 }
+
+#[test]
+fn merge_and_average_commands() {
+    use tern_model::{BitNetConfig, Proj};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = BitNetConfig::from_file(&root().join("tests/fixtures/bitnet/relu2_gqa/config.json"))
+        .unwrap();
+    let mk = |seed: u64, fill: f32, out: &std::path::Path| {
+        let mut ad = tern_lora::Adapter::init(
+            &cfg,
+            tern_lora::LoraConfig {
+                rank: 2,
+                alpha: 4.0,
+                dropout: 0.0,
+                targets: vec![Proj::V, Proj::Gate],
+            },
+            seed,
+        )
+        .unwrap();
+        for (_, (_, b)) in ad.tensors.iter_mut() {
+            b.iter_mut().for_each(|v| *v = fill);
+        }
+        tern_lora::io::save_peft(&ad, out, "relu2_gqa").unwrap();
+        ad
+    };
+    let (p1, p2) = (dir.path().join("a1"), dir.path().join("a2"));
+    let (a1, a2) = (mk(1, 0.02, &p1), mk(2, -0.04, &p2));
+    let avg = dir.path().join("avg.gguf");
+    let (ok, _, err) = tern(&[
+        "adapters",
+        "average",
+        p1.to_str().unwrap(),
+        p2.to_str().unwrap(),
+        "--weights",
+        "1",
+        "3",
+        "--model",
+        "tests/fixtures/bitnet/relu2_gqa",
+        "--out",
+        avg.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let back = tern_lora::io::load_gguf(&avg, &cfg).unwrap();
+    let want = tern_lora::merge::average(&[a1, a2], Some(&[1.0, 3.0])).unwrap();
+    assert_eq!(back.tensors, want.tensors);
+
+    let merged = dir.path().join("merged.gguf");
+    let (ok, _, err) = tern(&[
+        "merge",
+        "--model",
+        "tests/fixtures/bitnet/relu2_gqa",
+        "--lora",
+        p1.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+        "--type",
+        "f32",
+        "--embed-type",
+        "f32",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("lossy"), "{err}");
+    let (ok, _, err) = tern(&[
+        "logits",
+        "--model",
+        merged.to_str().unwrap(),
+        "--tokens",
+        "1,2",
+        "--out",
+        dir.path().join("l.npy").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("ternarized them on load"), "{err}");
+    let (ok, _, err) = tern(&[
+        "merge",
+        "--model",
+        "tests/fixtures/bitnet/relu2_gqa",
+        "--lora",
+        p1.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+        "--type",
+        "tq2_0",
+    ]);
+    assert!(!ok && err.contains("--type"), "{err}");
+}

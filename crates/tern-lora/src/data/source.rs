@@ -175,7 +175,7 @@ fn read_json_lines(path: &Path, text: &str) -> Result<Records, DataError> {
         if is_chat {
             chats.push(chat_record(path, line, obj)?);
         } else {
-            texts.push(text_record(path, line, &obj)?);
+            texts.push(text_record(path, line, &obj["text"])?);
         }
     }
     match first {
@@ -196,18 +196,17 @@ fn json_kind(v: &Json) -> &'static str {
     }
 }
 
-fn text_record(path: &Path, line: usize, obj: &Map<String, Json>) -> Result<TextRecord, DataError> {
-    match obj.get("text") {
-        Some(Json::String(s)) => Ok(TextRecord {
+fn text_record(path: &Path, line: usize, text: &Json) -> Result<TextRecord, DataError> {
+    match text {
+        Json::String(s) => Ok(TextRecord {
             line,
             text: s.clone(),
         }),
-        Some(other) => Err(DataError::record(
+        other => Err(DataError::record(
             path,
             line,
             format!("`text` must be a string, found {}", json_kind(other)),
         )),
-        None => unreachable!("text_record is called for records with `text`"),
     }
 }
 
@@ -244,7 +243,10 @@ fn chat_record(
                 return Err(DataError::record(
                     path,
                     line,
-                    format!("messages[{i}].role must be a string, found {}", json_kind(other)),
+                    format!(
+                        "messages[{i}].role must be a string, found {}",
+                        json_kind(other)
+                    ),
                 ))
             }
             None => {

@@ -260,7 +260,7 @@ impl Renderer {
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| error_chain(&e))?;
-        tpl.render(Value::from_serialize(Json::Object(ctx)))
+        tpl.render(Value::from(minijinja::value::Serde(Json::Object(ctx))))
             .map_err(|e| error_chain(&e))
     }
 

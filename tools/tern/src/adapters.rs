@@ -1,0 +1,139 @@
+//! `tern merge` and `tern adapters average`.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use tern_lora::merge::{average, Merged};
+use tern_model::export::{export, ExportOptions};
+use tern_model::source::ModelSource;
+use tern_tensor::GgmlType;
+
+use crate::run::load_adapter;
+
+#[derive(clap::Args, Debug)]
+pub struct MergeArgs {
+    /// The base model (.gguf, Hugging Face folder, or random:NAME).
+    #[arg(long, short = 'm')]
+    pub model: String,
+    /// Adapters to fold in (PEFT folder or adapter .gguf); repeat to stack.
+    #[arg(long, required = true)]
+    pub lora: Vec<PathBuf>,
+    /// Output GGUF.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Storage of the merged projections: f16 or f32.
+    #[arg(long = "type", default_value = "f16")]
+    pub ty: String,
+    /// Storage of the embedding and head: f16, q8_0 or f32.
+    #[arg(long, default_value = "f16")]
+    pub embed_type: String,
+}
+
+fn parse_type(s: &str, allowed: &[GgmlType], what: &str) -> Result<GgmlType> {
+    match GgmlType::from_name(s) {
+        Some(t) if allowed.contains(&t) => Ok(t),
+        _ => bail!(
+            "{what} {s:?} is not one of {}",
+            allowed
+                .iter()
+                .map(|t| t.name().to_lowercase())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+pub fn merge(a: &MergeArgs) -> Result<()> {
+    let ty = parse_type(&a.ty, &[GgmlType::F16, GgmlType::F32], "--type")?;
+    let embed = parse_type(
+        &a.embed_type,
+        &[GgmlType::F16, GgmlType::Q8_0, GgmlType::F32],
+        "--embed-type",
+    )?;
+    let src = ModelSource::open(&a.model).with_context(|| format!("loading model {}", a.model))?;
+    let cfg = src.weights().config().clone();
+    let adapters = a
+        .lora
+        .iter()
+        .map(|p| load_adapter(p, &cfg).with_context(|| format!("loading adapter {}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let merged = Merged {
+        base: src.weights(),
+        adapters: &adapters,
+    };
+    let mut opts = ExportOptions::new(ty, embed);
+    opts.dense_projections = true;
+    let report = export(&merged, &a.out, &opts, &mut ())?;
+    eprintln!(
+        "wrote {} ({} tensors, {} bytes): projections are full precision ({}) with {} adapter(s) \
+         folded in.",
+        a.out.display(),
+        report.tensors,
+        report.data_bytes,
+        ty.name().to_lowercase(),
+        adapters.len()
+    );
+    eprintln!(
+        "note: a merged model is no longer ternary. Runtimes read it as float weights; tern \
+         re-ternarizes such projections on load, which is lossy (the adapter's effect is only \
+         partly kept). For exact results run the base with --lora instead."
+    );
+    Ok(())
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AdaptersCommand {
+    /// Weighted average of adapters of one shape (federated averaging).
+    Average(AverageArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AverageArgs {
+    /// Adapters (PEFT folders or adapter .gguf files).
+    #[arg(required = true, num_args = 2..)]
+    pub adapters: Vec<PathBuf>,
+    /// One weight per adapter (normalized to sum 1); equal weights if absent.
+    #[arg(long, num_args = 1..)]
+    pub weights: Option<Vec<f32>>,
+    /// The base model the adapters belong to (for their shapes).
+    #[arg(long, short = 'm')]
+    pub model: String,
+    /// Output: a folder (PEFT) or a .gguf file (llama.cpp adapter).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(cmd: &AdaptersCommand) -> Result<()> {
+    match cmd {
+        AdaptersCommand::Average(a) => {
+            let src = ModelSource::open(&a.model)
+                .with_context(|| format!("loading model {}", a.model))?;
+            let cfg = src.weights().config().clone();
+            let ads = a
+                .adapters
+                .iter()
+                .map(|p| load_adapter(p, &cfg).with_context(|| format!("loading {}", p.display())))
+                .collect::<Result<Vec<_>>>()?;
+            let avg = average(&ads, a.weights.as_deref())?;
+            save_adapter(&avg, &a.out, &a.model)?;
+            eprintln!(
+                "wrote the average of {} adapters to {}",
+                ads.len(),
+                a.out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Save as PEFT (a folder) or as a llama.cpp adapter (`.gguf`).
+pub fn save_adapter(ad: &tern_lora::Adapter, out: &Path, base: &str) -> Result<()> {
+    if out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        tern_lora::io::save_gguf(ad, out, "bitnet")?;
+    } else {
+        tern_lora::io::save_peft(ad, out, base)?;
+    }
+    Ok(())
+}
