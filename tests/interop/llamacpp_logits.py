@@ -9,7 +9,12 @@ the weights' own path: with F32 projections ggml multiplies float
 activations; with TQ1_0/TQ2_0 it quantizes activations to 8 bits per
 256-value block (Q8_K) first.
 
-usage: llamacpp_logits.py MODEL.gguf --prompt-file P --ids OUT.json --logits OUT.npy
+With `--lora ADAPTER.gguf` llama.cpp applies a LoRA adapter GGUF at scale 1.0
+(`llama_set_adapters_lora`): every targeted projection computes
+`W x + (alpha / r) * B (A x)` in float, alpha from the file's
+`adapter.lora.alpha`, r from the tensors' shapes.
+
+usage: llamacpp_logits.py MODEL.gguf --prompt-file P --ids OUT.json --logits OUT.npy [--lora A.gguf]
 """
 
 import argparse
@@ -29,10 +34,14 @@ def main() -> int:
     ap.add_argument("--ids", type=Path, required=True, help="token ids as a JSON array")
     ap.add_argument("--logits", type=Path, required=True, help="[T, vocab] f32 .npy")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lora", type=Path, help="a LoRA adapter GGUF to apply at scale 1.0")
     args = ap.parse_args()
 
     prompt = args.prompt_file.read_text(encoding="utf-8")
     t0 = time.perf_counter()
+    lora = {}
+    if args.lora is not None:
+        lora = {"lora_path": str(args.lora), "lora_scale": 1.0}
     llm = Llama(
         model_path=str(args.model),
         n_ctx=256,
@@ -47,6 +56,7 @@ def main() -> int:
         n_gpu_layers=0,
         seed=0,
         verbose=False,
+        **lora,
     )
     # add_bos follows the file (tokenizer.ggml.add_bos_token); special=False
     # treats the text as text, as `tern logits -p` does.
@@ -65,8 +75,9 @@ def main() -> int:
         return 1
     args.ids.write_text(json.dumps(ids) + "\n")
     np.save(args.logits, logits)
+    with_lora = f" + LoRA {args.lora.name}" if args.lora is not None else ""
     print(
-        f"llama.cpp {args.model.name}: {len(ids)} tokens, vocab {n_vocab}, "
+        f"llama.cpp {args.model.name}{with_lora}: {len(ids)} tokens, vocab {n_vocab}, "
         f"{time.perf_counter() - t0:.2f} s"
     )
     return 0

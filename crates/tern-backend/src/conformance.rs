@@ -40,6 +40,7 @@ macro_rules! conformance_tests {
             matmul_gradients_fd,
             memory_and_elementwise,
             sum_squares_reference,
+            dropout_mask,
             rmsnorm_reference,
             rmsnorm_backward_fd,
             rope_reference,
@@ -983,6 +984,49 @@ pub fn sum_squares_reference<B: Backend>(b: &B) {
         assert_close(&format!("sum_squares n={n}"), &[got], &[want], 0.0, 1e-5);
     }
     assert_eq!(down(b, &out)[1], 7.0, "sum_squares wrote outside its slot");
+}
+
+/// Dropout applies exactly the shared mask ([`crate::dropout_keep`]) with the
+/// `1 / (1 - p)` scale, keeps about `1 - p` of the values, and is its own
+/// backward: the same seed zeroes the same positions of any buffer.
+pub fn dropout_mask<B: Backend>(b: &B) {
+    let mut rng = Rng::new(21);
+    let n = 50_000;
+    let x = rng.vec(n, 0.5, 2.0);
+    for &(p, seed) in &[(0.1f32, 7u64), (0.5, 1 << 40), (0.0, 3)] {
+        let mut y = up(b, &vec![0.0; n]);
+        b.dropout(&up(b, &x), &mut y, p, seed);
+        let y = down(b, &y);
+        let scale = 1.0 / (1.0 - p);
+        let mut kept = 0;
+        for i in 0..n {
+            let want = if crate::dropout_keep(seed, i as u32, p) {
+                kept += 1;
+                x[i] * scale
+            } else {
+                0.0
+            };
+            assert_eq!(y[i], want, "dropout p={p} element {i}");
+        }
+        let frac = kept as f64 / n as f64;
+        assert!(
+            (frac - (1.0 - p as f64)).abs() < 0.01,
+            "dropout p={p}: kept {frac}"
+        );
+        // Another buffer, same seed: same zeros (the backward mask).
+        let g = rng.vec(n, 1.0, 2.0);
+        let mut dg = up(b, &vec![0.0; n]);
+        b.dropout(&up(b, &g), &mut dg, p, seed);
+        let dg = down(b, &dg);
+        for i in 0..n {
+            assert_eq!(dg[i] == 0.0, y[i] == 0.0, "mask differs at {i}");
+        }
+    }
+    // Different seeds give different masks.
+    let (mut a, mut c) = (up(b, &vec![0.0; n]), up(b, &vec![0.0; n]));
+    b.dropout(&up(b, &x), &mut a, 0.5, 1);
+    b.dropout(&up(b, &x), &mut c, 0.5, 2);
+    assert_ne!(down(b, &a), down(b, &c));
 }
 
 // ---------------------------------------------------------------------------

@@ -60,6 +60,25 @@ impl TernarySource for TernaryCodes<'_> {
     }
 }
 
+/// PCG-style 32-bit hash (`pcg_hash`): cheap, well mixed, and expressible in
+/// 32-bit integer arithmetic (WGSL has no 64-bit integers).
+#[inline]
+pub fn hash32(v: u32) -> u32 {
+    let state = v.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+    let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277_803_737);
+    (word >> 22) ^ word
+}
+
+/// Whether element `i` survives dropout with probability `p` under `seed`:
+/// `hash32(hash32(i ^ seed_lo) ^ seed_hi) >= p · 2^32`. Every backend uses
+/// exactly this mask.
+#[inline]
+pub fn dropout_keep(seed: u64, i: u32, p: f32) -> bool {
+    let h = hash32(hash32(i ^ seed as u32) ^ (seed >> 32) as u32);
+    let threshold = ((p as f64) * 4_294_967_296.0).min(u32::MAX as f64) as u32;
+    h >= threshold
+}
+
 /// Errors a backend reports (device loss, out of memory, limits).
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -210,6 +229,11 @@ pub trait Backend: Send + Sync {
     /// parameter buffer, then one small download). Accumulated in at least
     /// f32 with a bounded error (the CPU uses f64).
     fn sum_squares(&self, x: &Self::Buf, out: &mut Self::Buf, index: usize);
+    /// Inverted dropout with a counter-based mask: `y[i] = x[i] / (1 - p)`
+    /// where [`dropout_keep`]`(seed, i, p)`, else 0. The mask depends only on
+    /// `(seed, i, p)`, so applying it to the output gradient with the same seed
+    /// is the exact backward, and recomputation reproduces it.
+    fn dropout(&self, x: &Self::Buf, y: &mut Self::Buf, p: f32, seed: u64);
     /// Copy `n` contiguous values from `src[src_off..]` to `dst[dst_off..]`
     /// (KV-cache appends, slicing fused buffers).
     fn copy_range(

@@ -81,6 +81,12 @@ pub struct Trainer<'m, B: Backend> {
     params: Vec<Param<B>>,
     index: BTreeMap<(usize, ProjKey), usize>,
     step: u32,
+    /// Seed of the LoRA dropout masks.
+    seed: u64,
+    /// `forward_backward` calls with dropout so far: each gets fresh masks.
+    calls: u64,
+    /// Dropout active in the current call (training passes only).
+    dropout_on: bool,
 }
 
 fn gemm(m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Gemm {
@@ -128,7 +134,48 @@ impl<'m, B: Backend> Trainer<'m, B> {
             params,
             index,
             step: 0,
+            seed: 0,
+            calls: 0,
+            dropout_on: false,
         })
+    }
+
+    /// Seed the LoRA dropout masks (`seed`, and the number of training
+    /// passes already made, for resuming).
+    pub fn set_dropout_state(&mut self, seed: u64, calls: u64) {
+        self.seed = seed;
+        self.calls = calls;
+    }
+
+    /// `(seed, calls)` of the dropout masks, for checkpoints.
+    pub fn dropout_state(&self) -> (u64, u64) {
+        (self.seed, self.calls)
+    }
+
+    /// The dropout seed of projection `p` in layer `l` for the current pass.
+    fn mask_seed(&self, l: usize, p: Proj) -> u64 {
+        let mut h = self.seed ^ 0x243F_6A88_85A3_08D3;
+        for v in [self.calls, l as u64, ProjKey::of(p).0 as u64] {
+            h = (h ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+        }
+        h
+    }
+
+    /// The LoRA branch's input: `x`, or `dropout(x)` in a training pass.
+    fn lora_input<'b>(
+        &self,
+        l: usize,
+        p: Proj,
+        x: &'b B::Buf,
+        scratch: &'b mut Option<B::Buf>,
+    ) -> Result<&'b B::Buf, LoraError> {
+        if !self.dropout_on || self.cfg.dropout == 0.0 {
+            return Ok(x);
+        }
+        let be = self.be();
+        let mut xd = be.zeros(be.len(x))?;
+        be.dropout(x, &mut xd, self.cfg.dropout, self.mask_seed(l, p));
+        Ok(scratch.insert(xd))
     }
 
     /// Optimizer steps taken.
@@ -176,6 +223,8 @@ impl<'m, B: Backend> Trainer<'m, B> {
         if let Some(pr) = self.param(l, p) {
             let (out, inp) = p.shape(&self.model.cfg);
             let r = self.cfg.rank;
+            let mut scratch = None;
+            let x = self.lora_input(l, p, x, &mut scratch)?;
             let mut t = be.zeros(rows * r)?;
             be.matmul(x, &pr.a, &mut t, gemm(rows, inp, r, false, true, 1.0, 0.0));
             be.matmul(
@@ -215,22 +264,40 @@ impl<'m, B: Backend> Trainer<'m, B> {
             be.ternary_matmul_backward(w, dy, dx, rows);
         }
         if let Some(&i) = self.index.get(&(l, ProjKey::of(p))) {
-            let pr = &mut self.params[i];
+            let mut scratch = None;
+            let dropped = self.dropout_on && self.cfg.dropout > 0.0;
+            let mask_seed = self.mask_seed(l, p);
+            let xd = self.lora_input(l, p, x, &mut scratch)?;
+            let pr = &self.params[i];
             let mut t = be.zeros(rows * r)?;
-            be.matmul(x, &pr.a, &mut t, gemm(rows, inp, r, false, true, 1.0, 0.0));
-            // dB += s · dyᵀ t
-            be.matmul(dy, &t, &mut pr.gb, gemm(out, rows, r, true, false, s, 1.0));
+            be.matmul(xd, &pr.a, &mut t, gemm(rows, inp, r, false, true, 1.0, 0.0));
             // dt = s · dy B
             let mut dt = be.zeros(rows * r)?;
             be.matmul(dy, &pr.b, &mut dt, gemm(rows, out, r, false, false, s, 0.0));
-            // dA += dtᵀ x ; dx += dt A
+            // dx += dropout'(dt A): the same mask on the way back.
+            if dropped {
+                let mut dxd = be.zeros(rows * inp)?;
+                be.matmul(
+                    &dt,
+                    &pr.a,
+                    &mut dxd,
+                    gemm(rows, r, inp, false, false, 1.0, 0.0),
+                );
+                let mut masked = be.zeros(rows * inp)?;
+                be.dropout(&dxd, &mut masked, self.cfg.dropout, mask_seed);
+                be.axpy(1.0, &masked, dx);
+            } else {
+                be.matmul(&dt, &pr.a, dx, gemm(rows, r, inp, false, false, 1.0, 1.0));
+            }
+            let pr = &mut self.params[i];
+            // dB += s · dyᵀ t ; dA += dtᵀ x_d
+            be.matmul(dy, &t, &mut pr.gb, gemm(out, rows, r, true, false, s, 1.0));
             be.matmul(
                 &dt,
-                x,
+                xd,
                 &mut pr.ga,
                 gemm(r, rows, inp, true, false, 1.0, 1.0),
             );
-            be.matmul(&dt, &pr.a, dx, gemm(rows, r, inp, false, false, 1.0, 1.0));
         }
         Ok(())
     }
@@ -473,6 +540,24 @@ impl<'m, B: Backend> Trainer<'m, B> {
         grad_scale: Option<f32>,
     ) -> Result<StepStats, LoraError> {
         self.check_batch(tokens, targets, batch, seq)?;
+        // Dropout only in training passes; every training pass draws new masks.
+        self.dropout_on = grad_scale.is_some() && self.cfg.dropout > 0.0;
+        let result = self.forward_backward_inner(tokens, targets, batch, seq, grad_scale);
+        if self.dropout_on {
+            self.calls += 1;
+        }
+        self.dropout_on = false;
+        result
+    }
+
+    fn forward_backward_inner(
+        &mut self,
+        tokens: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seq: usize,
+        grad_scale: Option<f32>,
+    ) -> Result<StepStats, LoraError> {
         let model = self.model;
         let be = &model.backend;
         let cfg = &model.cfg;

@@ -227,6 +227,24 @@ impl Backend for Cpu {
         out[index] = s as f32;
     }
 
+    fn dropout(&self, x: &Vec<f32>, y: &mut Vec<f32>, p: f32, seed: u64) {
+        check_len("dropout", "y", y.len(), x.len());
+        assert!((0.0..1.0).contains(&p), "cpu dropout: p = {p}");
+        let scale = 1.0 / (1.0 - p);
+        self.pool.install(|| {
+            y.par_chunks_mut(ELEM_CHUNK)
+                .zip(x.par_chunks(ELEM_CHUNK))
+                .enumerate()
+                .for_each(|(c, (y, x))| {
+                    let base = c * ELEM_CHUNK;
+                    for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+                        let keep = crate::dropout_keep(seed, (base + j) as u32, p);
+                        *y = if keep { x * scale } else { 0.0 };
+                    }
+                })
+        });
+    }
+
     fn rmsnorm(
         &self,
         x: &Vec<f32>,
