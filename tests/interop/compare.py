@@ -2,21 +2,25 @@
 `cargo xtask interop` run, print a table, write a JSON report, and exit 1 if
 any check fails.
 
-Each CASE is `NAME:BOUND` with files in DIR:
-  tern-NAME.npy / tern-NAME.json     what `tern logits` computed and the ids it ran
-  llama-NAME.npy / llama-NAME.json   the same from tests/interop/llamacpp_logits.py
+Each CASE is `NAME:BOUND[:TERN_STEM:LLAMA_STEM]` with files in DIR:
+  TERN_STEM.npy / TERN_STEM.json     what `tern logits` computed and the ids it ran
+                                     (default stem tern-NAME)
+  LLAMA_STEM.npy / LLAMA_STEM.json   the same from tests/interop/llamacpp_logits.py
+                                     (default stem llama-NAME)
 
 Checks, per case:
   - both tokenizers produced the same ids (at least --min-tokens of them);
   - both logits arrays are finite, of the same shape [T, vocab];
   - max |tern - llama| over every position and vocabulary entry <= BOUND.
 
-A CONTROL is `NAME:TERN_FILE_STEM:FACTOR`: tern's logits from TERN_FILE_STEM
-(another activation mode) against llama.cpp's for NAME must differ by MORE than
-FACTOR times NAME's bound. It shows that the comparison can tell the two
-activation modes apart, so a pass is not an artefact of a loose bound.
+A CONTROL is `NAME:STEM:FACTOR`: the logits in STEM.npy (another activation
+mode, or the model without its LoRA adapter) against case NAME's llama.cpp
+logits must differ by MORE than FACTOR times NAME's bound. It shows that the
+comparison can tell the two apart, so a pass is not an artefact of a loose
+bound.
 
-usage: compare.py DIR --case f32:1e-4 --case tq2_0:5e-2 ... [--control f32:tern-f32-int8:10]
+usage: compare.py DIR --case f32:1e-4 --case f32-merged:1e-4:tern-f32-lora:llama-f32-merged ...
+                      [--control f32:tern-f32-int8:10]
 """
 
 import argparse
@@ -46,13 +50,22 @@ def main() -> int:
     failures = []
     report = {"cases": {}, "controls": {}}
     bounds = {}
-    print(f"{'file':<8} {'tokens':>6} {'max|logit|':>10} {'max|diff|':>11} {'mean|diff|':>11} {'bound':>8}  result")
+    llama_stems = {}
+    print(f"{'case':<10} {'tokens':>6} {'max|logit|':>10} {'max|diff|':>11} {'mean|diff|':>11} {'bound':>8}  result")
     for case in args.case:
-        name, bound = case.split(":")
+        fields = case.split(":")
+        if len(fields) == 2:
+            name, bound = fields
+            tern_stem, llama_stem = f"tern-{name}", f"llama-{name}"
+        elif len(fields) == 4:
+            name, bound, tern_stem, llama_stem = fields
+        else:
+            ap.error(f"--case {case!r}: expected NAME:BOUND or NAME:BOUND:TERN_STEM:LLAMA_STEM")
         bound = float(bound)
         bounds[name] = bound
-        t, t_ids = load(args.dir, f"tern-{name}")
-        l, l_ids = load(args.dir, f"llama-{name}")
+        llama_stems[name] = llama_stem
+        t, t_ids = load(args.dir, tern_stem)
+        l, l_ids = load(args.dir, llama_stem)
         ok = True
         if t_ids != l_ids:
             first = next(
@@ -70,7 +83,7 @@ def main() -> int:
             ok = False
         if t.shape != l.shape:
             failures.append(f"{name}: shapes differ: tern {t.shape} vs llama.cpp {l.shape}")
-            print(f"{name:<8} shape mismatch")
+            print(f"{name:<10} shape mismatch")
             continue
         if not (np.all(np.isfinite(t)) and np.all(np.isfinite(l))):
             failures.append(f"{name}: non-finite logits")
@@ -86,6 +99,8 @@ def main() -> int:
             ok = False
         argmax_agree = float(np.mean(t.argmax(axis=1) == l.argmax(axis=1)))
         report["cases"][name] = {
+            "tern": tern_stem,
+            "llama.cpp": llama_stem,
             "tokens": len(t_ids or []),
             "vocab": int(t.shape[1]),
             "max_abs_logit": float(np.abs(l).max()),
@@ -97,7 +112,7 @@ def main() -> int:
             "pass": ok,
         }
         print(
-            f"{name:<8} {len(t_ids or []):>6} {float(np.abs(l).max()):>10.4f} "
+            f"{name:<10} {len(t_ids or []):>6} {float(np.abs(l).max()):>10.4f} "
             f"{max_diff:>11.3e} {float(diff.mean()):>11.3e} {bound:>8.0e}  "
             f"{'ok' if ok else 'FAIL'}"
         )
@@ -106,23 +121,26 @@ def main() -> int:
         name, stem, factor = control.split(":")
         factor = float(factor)
         t, _ = load(args.dir, stem)
-        l, _ = load(args.dir, f"llama-{name}")
+        l, _ = load(args.dir, llama_stems[name])
+        if t.shape != l.shape:
+            failures.append(f"control {stem}: shape {t.shape} vs {llama_stems[name]} {l.shape}")
+            continue
         max_diff = float(np.abs(t.astype(np.float64) - l.astype(np.float64)).max())
         need = factor * bounds[name]
         ok = max_diff > need
-        report["controls"][f"{stem} vs llama-{name}"] = {
+        report["controls"][f"{stem} vs {llama_stems[name]}"] = {
             "max_abs_diff": max_diff,
             "must_exceed": need,
             "pass": ok,
         }
         print(
-            f"control: {stem} vs llama-{name}: max |diff| {max_diff:.3e} "
+            f"control: {stem} vs {llama_stems[name]}: max |diff| {max_diff:.3e} "
             f"(must exceed {need:.0e})  {'ok' if ok else 'FAIL'}"
         )
         if not ok:
             failures.append(
-                f"control {stem} vs llama-{name}: max |diff| {max_diff:.3e} is not above "
-                f"{need:.0e}: the {name} comparison cannot tell the two activation modes apart"
+                f"control {stem} vs {llama_stems[name]}: max |diff| {max_diff:.3e} is not above "
+                f"{need:.0e}: the {name} comparison cannot tell the two apart"
             )
 
     if args.report:

@@ -12,7 +12,11 @@
 //!    llama.cpp multiplies float activations with F32 weights; TQ with tern's
 //!    default int8 activations, because llama.cpp quantizes them to 8 bits per
 //!    256 values for TQ weights);
-//! 5. `tests/interop/compare.py` checks the token ids and the logits against
+//! 5. LoRA: xtask writes a seeded adapter for the model with tern-lora
+//!    (`save_gguf`, llama.cpp's `--lora` layout); llama.cpp runs the F32 file
+//!    with it, tern runs `--lora` in float mode, and llama.cpp also runs
+//!    `tern merge`'s dense F32 model without any adapter;
+//! 6. `tests/interop/compare.py` checks the token ids and the logits against
 //!    the bounds below and fails the task if any is exceeded.
 
 use crate::run;
@@ -20,6 +24,8 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use tern_lora::{Adapter, LoraConfig};
+use tern_model::{GgufWeights, Proj, WeightSource};
 
 /// (projection type, `--act-quant` for tern, bound on max |logit diff|).
 const CASES: [(&str, &str, &str); 3] = [
@@ -30,6 +36,61 @@ const CASES: [(&str, &str, &str); 3] = [
 
 /// Threads for both runtimes (CI has 2 cores).
 const THREADS: &str = "2";
+
+/// The interop adapter: rank and alpha (scaling alpha / r = 2, as in the PEFT
+/// fixtures), the seed of A (PEFT's init) and of B, and B's half-width.
+const LORA_RANK: usize = 8;
+const LORA_ALPHA: f32 = 16.0;
+const LORA_SEED: u64 = 0x7e4e_104a;
+const LORA_B_MAX: f32 = 0.05;
+
+/// Bound on max |logit diff| for the LoRA cases: both runtimes compute float
+/// activations times F32 weights plus the float low-rank branch.
+const LORA_BOUND: &str = "1e-4";
+
+/// The adapter must move llama.cpp's logits by more than this many times
+/// `LORA_BOUND`, or the LoRA comparison could not see an adapter that is
+/// ignored, half applied or applied with the wrong scaling.
+const LORA_EFFECT_FACTOR: &str = "100";
+
+/// Write a LoRA adapter for the model in `base` to `out` (llama.cpp adapter
+/// GGUF): every projection of every layer, A from PEFT's default init, B
+/// uniform in [-LORA_B_MAX, LORA_B_MAX] (PEFT's B = 0 would be a no-op).
+fn write_adapter(base: &Path, out: &Path) -> Result<()> {
+    let weights = GgufWeights::open(base).with_context(|| format!("reading {}", base.display()))?;
+    let arch = weights.file().get_str("general.architecture")?.to_owned();
+    let cfg = LoraConfig {
+        rank: LORA_RANK,
+        alpha: LORA_ALPHA,
+        dropout: 0.0,
+        targets: Proj::ALL.to_vec(),
+    };
+    let mut ad = Adapter::init(weights.config(), cfg, LORA_SEED)?;
+    let mut state = LORA_SEED;
+    for (_, b) in ad.tensors.values_mut() {
+        for x in b.iter_mut() {
+            *x = (2.0 * unit(&mut state) - 1.0) * LORA_B_MAX;
+        }
+    }
+    tern_lora::io::save_gguf(&ad, out, &arch)?;
+    eprintln!(
+        "wrote {} (rank {LORA_RANK}, alpha {LORA_ALPHA}, {} projections, {} parameters)",
+        out.display(),
+        ad.tensors.len(),
+        ad.n_params()
+    );
+    Ok(())
+}
+
+/// SplitMix64 step mapped to [0, 1).
+fn unit(state: &mut u64) -> f32 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) as f32 / (1u64 << 24) as f32
+}
 
 /// Create `target/interop-venv` (idempotent) and install the pinned llama.cpp
 /// oracle.
@@ -109,23 +170,44 @@ pub fn interop(root: &Path) -> Result<()> {
     }
     mark("model + tern convert", &mut lap);
 
-    for (ty, _, _) in CASES {
-        run(Command::new(&python)
-            .arg(scripts.join("llamacpp_logits.py"))
-            .arg(dir.join(format!("tiny-{ty}.gguf")))
+    let adapter = dir.join("lora.gguf");
+    write_adapter(&dir.join("tiny-f32.gguf"), &adapter)?;
+    run(Command::new(&tern)
+        .arg("merge")
+        .arg("-m")
+        .arg(dir.join("tiny-f32.gguf"))
+        .arg("--lora")
+        .arg(&adapter)
+        .args(["--type", "f32", "--embed-type", "f32", "--out"])
+        .arg(dir.join("merged-f32.gguf")))?;
+    mark("LoRA adapter + tern merge", &mut lap);
+
+    let llama_logits = |gguf: &str, lora: Option<&Path>, stem: &str| -> Result<()> {
+        let mut cmd = Command::new(&python);
+        cmd.arg(scripts.join("llamacpp_logits.py"))
+            .arg(dir.join(gguf))
             .arg("--prompt-file")
             .arg(&prompt_file)
             .arg("--ids")
-            .arg(dir.join(format!("llama-{ty}.json")))
+            .arg(dir.join(format!("{stem}.json")))
             .arg("--logits")
-            .arg(dir.join(format!("llama-{ty}.npy")))
-            .args(["--threads", THREADS]))?;
+            .arg(dir.join(format!("{stem}.npy")))
+            .args(["--threads", THREADS]);
+        if let Some(lora) = lora {
+            cmd.arg("--lora").arg(lora);
+        }
+        run(&mut cmd)
+    };
+    for (ty, _, _) in CASES {
+        llama_logits(&format!("tiny-{ty}.gguf"), None, &format!("llama-{ty}"))?;
     }
+    llama_logits("tiny-f32.gguf", Some(&adapter), "llama-f32-lora")?;
+    llama_logits("merged-f32.gguf", None, "llama-f32-merged")?;
     mark("llama.cpp logits", &mut lap);
 
-    let tern_logits = |gguf: &str, act: &str, stem: &str| -> Result<()> {
-        run(Command::new(&tern)
-            .arg("logits")
+    let tern_logits = |gguf: &str, act: &str, lora: Option<&Path>, stem: &str| -> Result<()> {
+        let mut cmd = Command::new(&tern);
+        cmd.arg("logits")
             .arg("-m")
             .arg(dir.join(gguf))
             .arg("-p")
@@ -134,14 +216,19 @@ pub fn interop(root: &Path) -> Result<()> {
             .arg("--ids-out")
             .arg(dir.join(format!("{stem}.json")))
             .arg("--out")
-            .arg(dir.join(format!("{stem}.npy"))))
+            .arg(dir.join(format!("{stem}.npy")));
+        if let Some(lora) = lora {
+            cmd.arg("--lora").arg(lora);
+        }
+        run(&mut cmd)
     };
     for (ty, act, _) in CASES {
-        tern_logits(&format!("tiny-{ty}.gguf"), act, &format!("tern-{ty}"))?;
+        tern_logits(&format!("tiny-{ty}.gguf"), act, None, &format!("tern-{ty}"))?;
     }
     // Control: tern's faithful int8 mode on the F32 file must NOT pass the
     // F32 bound, or that comparison could not see activation quantization.
-    tern_logits("tiny-f32.gguf", "int8", "tern-f32-int8")?;
+    tern_logits("tiny-f32.gguf", "int8", None, "tern-f32-int8")?;
+    tern_logits("tiny-f32.gguf", "none", Some(&adapter), "tern-f32-lora")?;
     mark("tern logits", &mut lap);
 
     let mut compare = Command::new(&python);
@@ -149,8 +236,20 @@ pub fn interop(root: &Path) -> Result<()> {
     for (ty, _, bound) in CASES {
         compare.arg("--case").arg(format!("{ty}:{bound}"));
     }
+    // tern's base with `--lora` against llama.cpp's base with the adapter
+    // GGUF, and against llama.cpp's run of the merged model (no adapter).
+    compare
+        .arg("--case")
+        .arg(format!("f32-lora:{LORA_BOUND}"))
+        .arg("--case")
+        .arg(format!(
+            "f32-merged:{LORA_BOUND}:tern-f32-lora:llama-f32-merged"
+        ));
     compare
         .args(["--control", "f32:tern-f32-int8:10"])
+        // llama.cpp without the adapter against llama.cpp with it.
+        .arg("--control")
+        .arg(format!("f32-lora:llama-f32:{LORA_EFFECT_FACTOR}"))
         .arg("--report")
         .arg(dir.join("report.json"));
     let verdict = run(&mut compare);

@@ -8,6 +8,7 @@
 
 pub mod adapter;
 pub mod data;
+pub mod finetune;
 pub mod io;
 pub mod merge;
 pub mod schedule;

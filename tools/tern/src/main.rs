@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 mod adapters;
 mod convert;
+mod finetune;
 mod inspect;
 mod run;
 
@@ -38,6 +39,8 @@ enum Command {
     Generate(run::GenerateArgs),
     /// Write the logits of every position as a [T, vocab] f32 .npy file.
     Logits(run::LogitsArgs),
+    /// LoRA fine-tuning (flags as llama.cpp's llama-finetune-lora).
+    Finetune(finetune::FinetuneArgs),
     /// Fold LoRA adapters into a model and write it as an f16/f32 GGUF.
     Merge(adapters::MergeArgs),
     /// Work with LoRA adapters.
@@ -62,6 +65,7 @@ fn main() -> Result<()> {
         Command::Convert(a) => convert::run(&a)?,
         Command::Generate(a) => run::generate(&a)?,
         Command::Logits(a) => run::logits(&a)?,
+        Command::Finetune(a) => finetune::run(&a)?,
         Command::Merge(a) => adapters::merge(&a)?,
         Command::Adapters { command } => adapters::run(&command)?,
     }

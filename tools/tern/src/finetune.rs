@@ -1,0 +1,238 @@
+//! `tern finetune`: LoRA fine-tuning on the CPU.
+
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use tern_backend::Cpu;
+use tern_lora::data::{DataOptions, Dataset, ValidationSplit};
+use tern_lora::finetune::{finetune, latest_checkpoint, FinetuneOptions, Warmup};
+use tern_lora::schedule::ScheduleKind;
+use tern_lora::{Adapter, LoraConfig};
+use tern_model::model::ActQuant;
+use tern_model::source::ModelSource;
+use tern_model::Model;
+
+use crate::run::load_adapter;
+
+/// Flags follow llama.cpp's `llama-finetune-lora` where it has one.
+#[derive(clap::Args, Debug)]
+pub struct FinetuneArgs {
+    /// Base model: .gguf, Hugging Face folder, or random:NAME[@SEED].
+    #[arg(long, short = 'm')]
+    pub model: String,
+    /// Training data: .txt, or .jsonl with `text` or chat `messages`.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// tokenizer.json to use instead of the model's.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Where to write the adapter: a folder (PEFT) or a .gguf (llama.cpp --lora).
+    #[arg(long, default_value = "adapter")]
+    pub output_adapter: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub lora_dropout: f32,
+    /// Comma-separated: q,k,v,o,gate,up,down or all.
+    #[arg(long, default_value = "all")]
+    pub lora_modules: String,
+    #[arg(long, default_value_t = 1e-4)]
+    pub learning_rate: f32,
+    /// constant, linear or cosine.
+    #[arg(long, default_value = "cosine")]
+    pub lr_scheduler: String,
+    /// Warmup as a fraction of the total steps.
+    #[arg(long, default_value_t = 0.0, conflicts_with = "warmup_steps")]
+    pub warmup_ratio: f64,
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    pub num_epochs: usize,
+    /// Stop after this many optimizer steps (overrides --num-epochs).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Sequences per micro-batch (`--batch-size 1 --ctx 128` is one 128-token batch).
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// Sequence length in tokens.
+    #[arg(long, default_value_t = 128)]
+    pub ctx: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Clip the global gradient norm (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Train only on the assistant turns of chat data.
+    #[arg(long)]
+    pub assistant_loss_only: bool,
+    /// A chat template: a Jinja string, a .jinja file, or a tokenizer_config.json.
+    #[arg(long)]
+    pub chat_template: Option<String>,
+    /// Fraction of examples held out for validation (0: none).
+    #[arg(long, default_value_t = 0.1)]
+    pub validation_split: f64,
+    /// Keep file order instead of a seeded shuffle per epoch.
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Save a checkpoint every N optimizer steps (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_save_steps: u64,
+    #[arg(long, default_value = "checkpoints")]
+    pub checkpoint_save_dir: PathBuf,
+    /// Continue from a checkpoint folder (or the newest one in a --checkpoint-save-dir).
+    #[arg(long)]
+    pub resume_from: Option<PathBuf>,
+    /// Start from this adapter (PEFT folder or adapter .gguf) instead of a fresh one.
+    #[arg(long)]
+    pub init_adapter: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Metrics as JSON lines (default: CHECKPOINT_SAVE_DIR/metrics.jsonl).
+    #[arg(long)]
+    pub metrics: Option<PathBuf>,
+    /// Loss curve as SVG (default: CHECKPOINT_SAVE_DIR/loss.svg).
+    #[arg(long)]
+    pub loss_curve: Option<PathBuf>,
+    /// CPU threads (default: all cores).
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(a: &FinetuneArgs) -> Result<()> {
+    let src = ModelSource::open(&a.model).with_context(|| format!("loading model {}", a.model))?;
+    let tok = src.tokenizer(a.tokenizer.as_deref())?;
+    let backend = match a.threads {
+        Some(n) => Cpu::with_threads(n),
+        None => Cpu::new(),
+    };
+    let model = Model::load(backend, src.weights())?;
+    let cfg = model.cfg.clone();
+    if tok.vocab_size() > cfg.vocab_size {
+        bail!(
+            "the tokenizer has {} tokens but the model only {}: they do not belong together",
+            tok.vocab_size(),
+            cfg.vocab_size
+        );
+    }
+    let validation = if a.validation_split > 0.0 {
+        ValidationSplit::Fraction(a.validation_split)
+    } else {
+        ValidationSplit::None
+    };
+    let data = Dataset::load(
+        &a.data,
+        &tok,
+        &DataOptions {
+            ctx: a.ctx,
+            chat_template: a.chat_template.clone(),
+            assistant_loss_only: a.assistant_loss_only,
+            validation,
+            seed: a.seed,
+            shuffle: !a.no_shuffle,
+            add_bos: true,
+        },
+    )?;
+    eprintln!("data: {}", data.stats());
+    let adapter = match &a.init_adapter {
+        Some(p) => {
+            let mut ad = load_adapter(p, &cfg)
+                .with_context(|| format!("loading --init-adapter {}", p.display()))?;
+            ad.cfg.dropout = a.lora_dropout;
+            ad
+        }
+        None => Adapter::init(
+            &cfg,
+            LoraConfig {
+                rank: a.lora_rank,
+                alpha: a.lora_alpha,
+                dropout: a.lora_dropout,
+                targets: LoraConfig::parse_targets(&a.lora_modules)?,
+            },
+            a.seed,
+        )?,
+    };
+    let resume = match &a.resume_from {
+        Some(p) if p.join("state.json").exists() => Some(p.clone()),
+        Some(p) => Some(latest_checkpoint(p).with_context(|| {
+            format!(
+                "--resume-from {}: no checkpoint-* folder in it",
+                p.display()
+            )
+        })?),
+        None => None,
+    };
+    let opts = FinetuneOptions {
+        learning_rate: a.learning_rate,
+        schedule: a
+            .lr_scheduler
+            .parse::<ScheduleKind>()
+            .map_err(anyhow::Error::msg)?,
+        warmup: match a.warmup_steps {
+            Some(n) => Warmup::Steps(n),
+            None => Warmup::Ratio(a.warmup_ratio),
+        },
+        epochs: a.num_epochs,
+        max_steps: a.max_steps,
+        batch_size: a.batch_size,
+        grad_accum: a.grad_accum,
+        max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: a.weight_decay,
+        checkpoint_every: a.checkpoint_save_steps,
+        checkpoint_dir: a.checkpoint_save_dir.clone(),
+        output_adapter: a.output_adapter.clone(),
+        base_model: a.model.clone(),
+        metrics: a
+            .metrics
+            .clone()
+            .unwrap_or_else(|| a.checkpoint_save_dir.join("metrics.jsonl")),
+        loss_curve: a
+            .loss_curve
+            .clone()
+            .unwrap_or_else(|| a.checkpoint_save_dir.join("loss.svg")),
+        seed: a.seed,
+        act_quant: ActQuant::PerTokenInt8,
+        progress: !a.quiet,
+    };
+    if let Some(r) = &resume {
+        eprintln!("resuming from {}", r.display());
+    }
+    let rep = finetune(&model, &data, &adapter, &opts, resume.as_deref())?;
+    eprintln!(
+        "trained {} steps, {} tokens in {:.1} s ({:.1} tok/s); last loss {:.4}",
+        rep.steps,
+        rep.train_tokens,
+        rep.seconds,
+        rep.train_tokens as f64 / rep.seconds.max(1e-9),
+        rep.final_loss
+    );
+    if let Some(loss) = rep.initial_validation {
+        eprintln!(
+            "before training: validation loss {loss:.4}, perplexity {:.2}",
+            loss.exp()
+        );
+    }
+    for (epoch, loss) in &rep.validation {
+        eprintln!(
+            "epoch {}: validation loss {loss:.4}, perplexity {:.2}",
+            epoch + 1,
+            loss.exp()
+        );
+    }
+    eprintln!(
+        "adapter: {}; metrics: {}; loss curve: {}",
+        opts.output_adapter.display(),
+        opts.metrics.display(),
+        opts.loss_curve.display()
+    );
+    Ok(())
+}
