@@ -20,12 +20,13 @@
 //!    the bounds below and fails the task if any is exceeded.
 
 use crate::run;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tern_lora::{Adapter, LoraConfig};
 use tern_model::{GgufWeights, Proj, WeightSource};
+use tern_tensor::GgmlType;
 
 /// (projection type, `--act-quant` for tern, bound on max |logit diff|).
 const CASES: [(&str, &str, &str); 3] = [
@@ -53,33 +54,59 @@ const LORA_BOUND: &str = "1e-4";
 /// ignored, half applied or applied with the wrong scaling.
 const LORA_EFFECT_FACTOR: &str = "100";
 
-/// Write a LoRA adapter for the model in `base` to `out` (llama.cpp adapter
-/// GGUF): every projection of every layer, A from PEFT's default init, B
-/// uniform in [-LORA_B_MAX, LORA_B_MAX] (PEFT's B = 0 would be a no-op).
-fn write_adapter(base: &Path, out: &Path) -> Result<()> {
-    let weights = GgufWeights::open(base).with_context(|| format!("reading {}", base.display()))?;
-    let arch = weights.file().get_str("general.architecture")?.to_owned();
+/// A seeded LoRA adapter for the model in `base`: every projection of every
+/// layer, A from PEFT's default init, B uniform in [-LORA_B_MAX, LORA_B_MAX]
+/// (PEFT's B = 0 would be a no-op).
+fn make_adapter(base: &GgufWeights) -> Result<Adapter> {
     let cfg = LoraConfig {
         rank: LORA_RANK,
         alpha: LORA_ALPHA,
         dropout: 0.0,
         targets: Proj::ALL.to_vec(),
     };
-    let mut ad = Adapter::init(weights.config(), cfg, LORA_SEED)?;
+    let mut ad = Adapter::init(base.config(), cfg, LORA_SEED)?;
     let mut state = LORA_SEED;
     for (_, b) in ad.tensors.values_mut() {
         for x in b.iter_mut() {
             *x = (2.0 * unit(&mut state) - 1.0) * LORA_B_MAX;
         }
     }
-    tern_lora::io::save_gguf(&ad, out, &arch)?;
-    eprintln!(
-        "wrote {} (rank {LORA_RANK}, alpha {LORA_ALPHA}, {} projections, {} parameters)",
-        out.display(),
-        ad.tensors.len(),
-        ad.n_params()
-    );
-    Ok(())
+    Ok(ad)
+}
+
+/// The adapter as llama.cpp's graph needs it to compute what tern computes.
+///
+/// llama.cpp's `bitnet` graph applies the `.scale` of q, k, v, o and down
+/// before adding the LoRA branch (`build_lora_mm(w, x, w_s)`), but its
+/// `build_ffn` multiplies the outputs of `ffn_up` and `ffn_gate` by their
+/// `.scale` AFTER `build_lora_mm` has added the branch, so llama.cpp computes
+/// `s · (W_t x + (alpha / r) B A x)` there, where tern and PEFT compute
+/// `s · W_t x + (alpha / r) B A x`. Dividing those B by `s` compensates.
+/// The interop checks both: that this adapter matches tern's `--lora`, and
+/// that tern's export as written does not (see docs/interop.md).
+fn for_llamacpp(ad: &Adapter, base: &GgufWeights) -> Result<Adapter> {
+    let mut out = ad.clone();
+    for (&(l, k), (_, b)) in out.tensors.iter_mut() {
+        let p = k.proj();
+        if !matches!(p, Proj::Gate | Proj::Up) {
+            continue;
+        }
+        let name = format!("blk.{l}.{}.scale", p.gguf_name());
+        let Some(info) = base.file().tensor(&name) else {
+            continue;
+        };
+        let data = base.file().tensor_data(info);
+        if info.ty != GgmlType::F32 || data.len() != 4 {
+            bail!(
+                "{name}: expected one F32 value, found {:?} {:?}",
+                info.ty,
+                info.ne
+            );
+        }
+        let s = f32::from_le_bytes(data.try_into().expect("4 bytes"));
+        b.iter_mut().for_each(|x| *x /= s);
+    }
+    Ok(out)
 }
 
 /// SplitMix64 step mapped to [0, 1).
@@ -170,16 +197,56 @@ pub fn interop(root: &Path) -> Result<()> {
     }
     mark("model + tern convert", &mut lap);
 
+    // LoRA: tern's export (`lora.gguf`), the same adapter compensated for
+    // llama.cpp's ffn scale order (`lora-llamacpp.gguf`), and the base with
+    // the adapter folded in by `tern merge`.
+    let base_f32 = dir.join("tiny-f32.gguf");
     let adapter = dir.join("lora.gguf");
-    write_adapter(&dir.join("tiny-f32.gguf"), &adapter)?;
+    let adapter_llamacpp = dir.join("lora-llamacpp.gguf");
+    {
+        let base = GgufWeights::open(&base_f32)
+            .with_context(|| format!("reading {}", base_f32.display()))?;
+        let arch = base.file().get_str("general.architecture")?.to_owned();
+        let ad = make_adapter(&base)?;
+        tern_lora::io::save_gguf(&ad, &adapter, &arch)?;
+        tern_lora::io::save_gguf(&for_llamacpp(&ad, &base)?, &adapter_llamacpp, &arch)?;
+        eprintln!(
+            "wrote {} (rank {LORA_RANK}, alpha {LORA_ALPHA}, {} projections, {} parameters)",
+            adapter.display(),
+            ad.tensors.len(),
+            ad.n_params()
+        );
+    }
+    let merged = dir.join("merged-f32.gguf");
     run(Command::new(&tern)
         .arg("merge")
         .arg("-m")
-        .arg(dir.join("tiny-f32.gguf"))
+        .arg(&base_f32)
         .arg("--lora")
         .arg(&adapter)
         .args(["--type", "f32", "--embed-type", "f32", "--out"])
-        .arg(dir.join("merged-f32.gguf")))?;
+        .arg(&merged))?;
+    let has_tokenizer = GgufWeights::open(&merged)
+        .with_context(|| format!("reading {}", merged.display()))?
+        .file()
+        .get("tokenizer.ggml.model")
+        .is_some();
+    let merged_for_llamacpp = if has_tokenizer {
+        merged.clone()
+    } else {
+        eprintln!(
+            "KNOWN ISSUE: `tern merge` wrote no tokenizer metadata and llama.cpp cannot load \
+             {} as it is; the merged weights run with the base's tokenizer keys added",
+            merged.display()
+        );
+        let patched = dir.join("merged-f32-tok.gguf");
+        run(Command::new(&python)
+            .arg(scripts.join("add_tokenizer.py"))
+            .arg(&merged)
+            .arg(&base_f32)
+            .arg(&patched))?;
+        patched
+    };
     mark("LoRA adapter + tern merge", &mut lap);
 
     let llama_logits = |gguf: &str, lora: Option<&Path>, stem: &str| -> Result<()> {
@@ -201,8 +268,14 @@ pub fn interop(root: &Path) -> Result<()> {
     for (ty, _, _) in CASES {
         llama_logits(&format!("tiny-{ty}.gguf"), None, &format!("llama-{ty}"))?;
     }
-    llama_logits("tiny-f32.gguf", Some(&adapter), "llama-f32-lora")?;
-    llama_logits("merged-f32.gguf", None, "llama-f32-merged")?;
+    llama_logits("tiny-f32.gguf", Some(&adapter_llamacpp), "llama-f32-lora")?;
+    llama_logits("tiny-f32.gguf", Some(&adapter), "llama-f32-lora-export")?;
+    let merged_name = merged_for_llamacpp
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("merged file name")?
+        .to_owned();
+    llama_logits(&merged_name, None, "llama-f32-merged")?;
     mark("llama.cpp logits", &mut lap);
 
     let tern_logits = |gguf: &str, act: &str, lora: Option<&Path>, stem: &str| -> Result<()> {
@@ -236,8 +309,9 @@ pub fn interop(root: &Path) -> Result<()> {
     for (ty, _, bound) in CASES {
         compare.arg("--case").arg(format!("{ty}:{bound}"));
     }
-    // tern's base with `--lora` against llama.cpp's base with the adapter
-    // GGUF, and against llama.cpp's run of the merged model (no adapter).
+    // tern's base with `--lora` (tern's export) against llama.cpp's base with
+    // the compensated adapter, and against llama.cpp's run of the merged
+    // model (no adapter).
     compare
         .arg("--case")
         .arg(format!("f32-lora:{LORA_BOUND}"))
@@ -250,6 +324,12 @@ pub fn interop(root: &Path) -> Result<()> {
         // llama.cpp without the adapter against llama.cpp with it.
         .arg("--control")
         .arg(format!("f32-lora:llama-f32:{LORA_EFFECT_FACTOR}"))
+        // tern's export as written, in llama.cpp: its ffn_gate/ffn_up
+        // branches are scaled by `.scale` there, so it must be far off.
+        .arg("--control")
+        .arg(format!(
+            "f32-lora:llama-f32-lora-export:{LORA_EFFECT_FACTOR}"
+        ))
         .arg("--report")
         .arg(dir.join("report.json"));
     let verdict = run(&mut compare);

@@ -369,6 +369,26 @@ pub fn finetune<B: Backend>(
         }
     }
     bar.finish_and_clear();
+    // A run that stopped mid-epoch (--max-steps) still ends with a validation.
+    let evaluated_here = metrics
+        .lines
+        .last()
+        .is_some_and(|m| m.kind == "eval" && m.step == st.step);
+    if data.validation_len() > 0 && !evaluated_here {
+        let loss = evaluate(&mut trainer, data, opts.batch_size)?;
+        validation.push((st.epoch, loss));
+        metrics.push(MetricLine {
+            kind: "eval".into(),
+            step: st.step,
+            epoch: st.epoch,
+            loss,
+            lr: 0.0,
+            grad_norm: 0.0,
+            tokens: data.validation_tokens(),
+            tokens_per_s: 0.0,
+            perplexity: Some(loss.exp()),
+        })?;
+    }
     let ad = trainer.adapter()?;
     save_adapter(&ad, &opts.output_adapter, &opts.base_model)?;
     metrics.write_svg(&opts.loss_curve)?;
