@@ -10,9 +10,10 @@ activations; with TQ1_0/TQ2_0 it quantizes activations to 8 bits per
 256-value block (Q8_K) first.
 
 With `--lora ADAPTER.gguf` llama.cpp applies a LoRA adapter GGUF at scale 1.0
-(`llama_set_adapters_lora`): every targeted projection computes
-`W x + (alpha / r) * B (A x)` in float, alpha from the file's
-`adapter.lora.alpha`, r from the tensors' shapes.
+(`llama_set_adapters_lora`): a targeted projection adds `(alpha / r) * B (A x)`
+in float, alpha from the file's `adapter.lora.alpha`, r from the tensors'
+shapes (for `bitnet`'s ffn_gate / ffn_up before their `.scale` multiplies the
+sum; docs/interop.md).
 
 usage: llamacpp_logits.py MODEL.gguf --prompt-file P --ids OUT.json --logits OUT.npy [--lora A.gguf]
 """

@@ -14,8 +14,9 @@
 //!    256 values for TQ weights);
 //! 5. LoRA: xtask writes a seeded adapter for the model with tern-lora
 //!    (`save_gguf`, llama.cpp's `--lora` layout); llama.cpp runs the F32 file
-//!    with it, tern runs `--lora` in float mode, and llama.cpp also runs
-//!    `tern merge`'s dense F32 model without any adapter;
+//!    with it (gate/up compensated for llama.cpp's scale order, see
+//!    `for_llamacpp`), tern runs `--lora` in float mode, and llama.cpp also
+//!    runs `tern merge`'s dense F32 model without any adapter;
 //! 6. `tests/interop/compare.py` checks the token ids and the logits against
 //!    the bounds below and fails the task if any is exceeded.
 

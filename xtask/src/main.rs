@@ -18,6 +18,7 @@ commands:
              `tern convert` in a release build (see docs/convert.md)
   gen-checkpoint --config 7b [--dtype f16|bf16|f32] [--seed N] --out DIR:
              write a random Hugging Face checkpoint of a zoo config, tensor by tensor
+  finetune   --model M --data D [flags]: `tern finetune` (LoRA) in a release build
   interop    convert a tiny model, run it in llama.cpp (built in target/interop-venv) and
              compare its logits with tern's (docs/interop.md)
 ";
@@ -32,6 +33,10 @@ fn main() -> Result<()> {
         Some("convert") => run(Command::new(env!("CARGO"))
             .current_dir(&root)
             .args(["run", "--release", "--quiet", "-p", "tern", "--", "convert"])
+            .args(&args[1..])),
+        Some("finetune") => run(Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args(["run", "--release", "--quiet", "-p", "tern", "--", "finetune"])
             .args(&args[1..])),
         Some("gen-checkpoint") => gen_checkpoint(&root, &args[1..]),
         Some("interop") => interop::interop(&root),
