@@ -13,10 +13,10 @@
 //!    default int8 activations, because llama.cpp quantizes them to 8 bits per
 //!    256 values for TQ weights);
 //! 5. LoRA: xtask writes a seeded adapter for the model with tern-lora
-//!    (`save_gguf`, llama.cpp's `--lora` layout); llama.cpp runs the F32 file
-//!    with it (gate/up compensated for llama.cpp's scale order, see
-//!    `for_llamacpp`), tern runs `--lora` in float mode, and llama.cpp also
-//!    runs `tern merge`'s dense F32 model without any adapter;
+//!    (`save_gguf` with the base's post-LoRA scales, llama.cpp's `--lora`
+//!    layout); llama.cpp runs the F32 file with it, tern runs `--lora` with the
+//!    same file in float mode, and llama.cpp also runs `tern merge`'s dense F32
+//!    model without any adapter;
 //! 6. `tests/interop/compare.py` checks the token ids and the logits against
 //!    the bounds below and fails the task if any is exceeded.
 
@@ -27,7 +27,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use tern_lora::{Adapter, LoraConfig};
 use tern_model::{GgufWeights, Proj, WeightSource};
-use tern_tensor::GgmlType;
 
 /// (projection type, `--act-quant` for tern, bound on max |logit diff|).
 const CASES: [(&str, &str, &str); 3] = [
@@ -73,41 +72,6 @@ fn make_adapter(base: &GgufWeights) -> Result<Adapter> {
         }
     }
     Ok(ad)
-}
-
-/// The adapter as llama.cpp's graph needs it to compute what tern computes.
-///
-/// llama.cpp's `bitnet` graph applies the `.scale` of q, k, v, o and down
-/// before adding the LoRA branch (`build_lora_mm(w, x, w_s)`), but its
-/// `build_ffn` multiplies the outputs of `ffn_up` and `ffn_gate` by their
-/// `.scale` AFTER `build_lora_mm` has added the branch, so llama.cpp computes
-/// `s · (W_t x + (alpha / r) B A x)` there, where tern and PEFT compute
-/// `s · W_t x + (alpha / r) B A x`. Dividing those B by `s` compensates.
-/// The interop checks both: that this adapter matches tern's `--lora`, and
-/// that tern's export as written does not (see docs/interop.md).
-fn for_llamacpp(ad: &Adapter, base: &GgufWeights) -> Result<Adapter> {
-    let mut out = ad.clone();
-    for (&(l, k), (_, b)) in out.tensors.iter_mut() {
-        let p = k.proj();
-        if !matches!(p, Proj::Gate | Proj::Up) {
-            continue;
-        }
-        let name = format!("blk.{l}.{}.scale", p.gguf_name());
-        let Some(info) = base.file().tensor(&name) else {
-            continue;
-        };
-        let data = base.file().tensor_data(info);
-        if info.ty != GgmlType::F32 || data.len() != 4 {
-            bail!(
-                "{name}: expected one F32 value, found {:?} {:?}",
-                info.ty,
-                info.ne
-            );
-        }
-        let s = f32::from_le_bytes(data.try_into().expect("4 bytes"));
-        b.iter_mut().for_each(|x| *x /= s);
-    }
-    Ok(out)
 }
 
 /// SplitMix64 step mapped to [0, 1).
@@ -198,19 +162,27 @@ pub fn interop(root: &Path) -> Result<()> {
     }
     mark("model + tern convert", &mut lap);
 
-    // LoRA: tern's export (`lora.gguf`), the same adapter compensated for
-    // llama.cpp's ffn scale order (`lora-llamacpp.gguf`), and the base with
-    // the adapter folded in by `tern merge`.
+    // LoRA: tern's export for this base (`lora.gguf`: llama.cpp's post-LoRA
+    // ffn_gate/ffn_up scales divided out, see tern_lora::io::PostScales), the
+    // same adapter written without that compensation (`lora-raw.gguf`, a
+    // control), and the base with the adapter folded in by `tern merge`.
     let base_f32 = dir.join("tiny-f32.gguf");
     let adapter = dir.join("lora.gguf");
-    let adapter_llamacpp = dir.join("lora-llamacpp.gguf");
+    let adapter_raw = dir.join("lora-raw.gguf");
     {
         let base = GgufWeights::open(&base_f32)
             .with_context(|| format!("reading {}", base_f32.display()))?;
         let arch = base.file().get_str("general.architecture")?.to_owned();
         let ad = make_adapter(&base)?;
-        tern_lora::io::save_gguf(&ad, &adapter, &arch)?;
-        tern_lora::io::save_gguf(&for_llamacpp(&ad, &base)?, &adapter_llamacpp, &arch)?;
+        let post = tern_lora::io::post_scales_from_gguf(base.file())?;
+        if post.is_empty() {
+            bail!(
+                "{}: no ffn .scale tensors to compensate",
+                base_f32.display()
+            );
+        }
+        tern_lora::io::save_gguf(&ad, &adapter, &arch, &post)?;
+        tern_lora::io::save_gguf(&ad, &adapter_raw, &arch, &Default::default())?;
         eprintln!(
             "wrote {} (rank {LORA_RANK}, alpha {LORA_ALPHA}, {} projections, {} parameters)",
             adapter.display(),
@@ -232,22 +204,12 @@ pub fn interop(root: &Path) -> Result<()> {
         .file()
         .get("tokenizer.ggml.model")
         .is_some();
-    let merged_for_llamacpp = if has_tokenizer {
-        merged.clone()
-    } else {
-        eprintln!(
-            "KNOWN ISSUE: `tern merge` wrote no tokenizer metadata and llama.cpp cannot load \
-             {} as it is; the merged weights run with the base's tokenizer keys added",
+    if !has_tokenizer {
+        bail!(
+            "{}: `tern merge` dropped the tokenizer metadata",
             merged.display()
         );
-        let patched = dir.join("merged-f32-tok.gguf");
-        run(Command::new(&python)
-            .arg(scripts.join("add_tokenizer.py"))
-            .arg(&merged)
-            .arg(&base_f32)
-            .arg(&patched))?;
-        patched
-    };
+    }
     mark("LoRA adapter + tern merge", &mut lap);
 
     let llama_logits = |gguf: &str, lora: Option<&Path>, stem: &str| -> Result<()> {
@@ -269,14 +231,9 @@ pub fn interop(root: &Path) -> Result<()> {
     for (ty, _, _) in CASES {
         llama_logits(&format!("tiny-{ty}.gguf"), None, &format!("llama-{ty}"))?;
     }
-    llama_logits("tiny-f32.gguf", Some(&adapter_llamacpp), "llama-f32-lora")?;
-    llama_logits("tiny-f32.gguf", Some(&adapter), "llama-f32-lora-export")?;
-    let merged_name = merged_for_llamacpp
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("merged file name")?
-        .to_owned();
-    llama_logits(&merged_name, None, "llama-f32-merged")?;
+    llama_logits("tiny-f32.gguf", Some(&adapter), "llama-f32-lora")?;
+    llama_logits("tiny-f32.gguf", Some(&adapter_raw), "llama-f32-lora-raw")?;
+    llama_logits("merged-f32.gguf", None, "llama-f32-merged")?;
     mark("llama.cpp logits", &mut lap);
 
     let tern_logits = |gguf: &str, act: &str, lora: Option<&Path>, stem: &str| -> Result<()> {
@@ -325,12 +282,11 @@ pub fn interop(root: &Path) -> Result<()> {
         // llama.cpp without the adapter against llama.cpp with it.
         .arg("--control")
         .arg(format!("f32-lora:llama-f32:{LORA_EFFECT_FACTOR}"))
-        // tern's export as written, in llama.cpp: its ffn_gate/ffn_up
-        // branches are scaled by `.scale` there, so it must be far off.
+        // The adapter without the post-scale compensation, in llama.cpp:
+        // its ffn_gate/ffn_up branches get scaled by `.scale` there, so it
+        // must be far off (this also notices if llama.cpp changes that order).
         .arg("--control")
-        .arg(format!(
-            "f32-lora:llama-f32-lora-export:{LORA_EFFECT_FACTOR}"
-        ))
+        .arg(format!("f32-lora:llama-f32-lora-raw:{LORA_EFFECT_FACTOR}"))
         .arg("--report")
         .arg(dir.join("report.json"));
     let verdict = run(&mut compare);

@@ -36,7 +36,15 @@ fn main() -> Result<()> {
             .args(&args[1..])),
         Some("finetune") => run(Command::new(env!("CARGO"))
             .current_dir(&root)
-            .args(["run", "--release", "--quiet", "-p", "tern", "--", "finetune"])
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "tern",
+                "--",
+                "finetune",
+            ])
             .args(&args[1..])),
         Some("gen-checkpoint") => gen_checkpoint(&root, &args[1..]),
         Some("interop") => interop::interop(&root),

@@ -48,6 +48,9 @@ pub struct FinetuneOptions {
     pub output_adapter: PathBuf,
     /// Base model name recorded in PEFT's adapter_config.json.
     pub base_model: String,
+    /// For a `.gguf` output: what llama.cpp multiplies after the LoRA branch
+    /// on the base this adapter is for ([`crate::io::PostScales`]).
+    pub llamacpp_post_scales: crate::io::PostScales,
     pub metrics: PathBuf,
     pub loss_curve: PathBuf,
     pub seed: u64,
@@ -390,7 +393,12 @@ pub fn finetune<B: Backend>(
         })?;
     }
     let ad = trainer.adapter()?;
-    save_adapter(&ad, &opts.output_adapter, &opts.base_model)?;
+    save_adapter(
+        &ad,
+        &opts.output_adapter,
+        &opts.base_model,
+        &opts.llamacpp_post_scales,
+    )?;
     metrics.write_svg(&opts.loss_curve)?;
     Ok(FinetuneReport {
         steps: st.step,
@@ -446,13 +454,19 @@ pub fn evaluate<B: Backend>(
     Ok(sum / n.max(1) as f64)
 }
 
-/// Save as PEFT (a folder) or as a llama.cpp adapter (`.gguf`).
-pub fn save_adapter(ad: &Adapter, out: &Path, base: &str) -> Result<(), FinetuneError> {
+/// Save as PEFT (a folder) or as a llama.cpp adapter (`.gguf`, with the
+/// base's post-LoRA factors divided out: see [`crate::io::PostScales`]).
+pub fn save_adapter(
+    ad: &Adapter,
+    out: &Path,
+    base: &str,
+    post_scales: &crate::io::PostScales,
+) -> Result<(), FinetuneError> {
     if out
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
     {
-        save_gguf(ad, out, "bitnet")?;
+        save_gguf(ad, out, "bitnet", post_scales)?;
     } else {
         save_peft(ad, out, base)?;
     }

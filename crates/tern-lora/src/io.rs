@@ -207,14 +207,95 @@ pub fn load_peft(dir: &Path, model: &BitNetConfig) -> Result<Adapter, AdapterFil
     Ok(Adapter { cfg, tensors })
 }
 
+/// Factors llama.cpp applies to a projection's output AFTER adding the LoRA
+/// branch, per `(layer, projection)`.
+///
+/// llama.cpp's `bitnet` graph multiplies `ffn_gate` and `ffn_up` by their
+/// `.scale` tensor after its LoRA hook (q, k, v, o and down get the scale
+/// before it), so there it computes `s · (W x + (alpha/r) B A x)` where tern
+/// and PEFT compute `s · W x + (alpha/r) B A x`. An adapter written for such a
+/// base divides those B matrices by `s` (see [`save_gguf`]).
+pub type PostScales = BTreeMap<(usize, ProjKey), f32>;
+
+const POST_SCALE_KEY: &str = "tern.lora.post_scale";
+
+/// The post-LoRA factors of a llama.cpp `bitnet` GGUF: its
+/// `blk.N.ffn_{gate,up}.scale` tensors.
+pub fn post_scales_from_gguf(f: &GgufFile) -> Result<PostScales, AdapterFileError> {
+    let mut out = PostScales::new();
+    let arch = f
+        .get_str("general.architecture")
+        .unwrap_or("bitnet")
+        .to_owned();
+    let layers = f
+        .get(&format!("{arch}.block_count"))
+        .and_then(|v| v.to_u64())
+        .unwrap_or(0) as usize;
+    for l in 0..layers {
+        for p in [Proj::Gate, Proj::Up] {
+            let name = format!("blk.{l}.{}.scale", p.gguf_name());
+            if let Some(t) = f.tensor(&name) {
+                let mut v = [0f32];
+                if t.n_elements() != 1 {
+                    return Err(err(f.path(), format!("`{name}` is not a single value")));
+                }
+                tern_tensor::codec::dequantize_into(t.ty, f.tensor_data(t), &mut v)
+                    .map_err(|x| err(f.path(), format!("`{name}`: {x}")))?;
+                out.insert((l, ProjKey::of(p)), v[0]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The post-LoRA factors a base will have once `tern convert` writes it for
+/// llama.cpp: the per-tensor ternary scales of `ffn_gate` and `ffn_up`.
+pub fn post_scales_from_ternary(
+    src: &dyn tern_model::WeightSource,
+) -> Result<PostScales, crate::LoraError> {
+    let mut out = PostScales::new();
+    for l in 0..src.config().num_hidden_layers {
+        for p in [Proj::Gate, Proj::Up] {
+            let t = src
+                .ternary(l, p)
+                .map_err(|e| crate::LoraError::Config(e.to_string()))?;
+            out.insert((l, ProjKey::of(p)), t.scale());
+        }
+    }
+    Ok(out)
+}
+
 /// Write a llama.cpp LoRA adapter GGUF (`llama-cli --lora FILE`).
-pub fn save_gguf(ad: &Adapter, path: &Path, arch: &str) -> Result<(), AdapterFileError> {
+///
+/// `post_scales` ([`PostScales`]) are divided out of the matching B matrices
+/// so that llama.cpp applies exactly tern's adapter; each factor is also
+/// stored as `tern.lora.post_scale.blk.N.<proj>` (llama.cpp ignores unknown
+/// keys) so that [`load_gguf`] restores the adapter. Pass an empty map for a
+/// base whose projections carry no separate scale.
+pub fn save_gguf(
+    ad: &Adapter,
+    path: &Path,
+    arch: &str,
+    post_scales: &PostScales,
+) -> Result<(), AdapterFileError> {
     let e = gguf_err;
     let mut w = GgufWriter::create(path).map_err(e)?;
     w.add_kv("general.architecture", arch).map_err(e)?;
     w.add_kv("general.type", "adapter").map_err(e)?;
     w.add_kv("adapter.type", "lora").map_err(e)?;
     w.add_kv("adapter.lora.alpha", ad.cfg.alpha).map_err(e)?;
+    for &(l, k) in ad.tensors.keys() {
+        if let Some(&s) = post_scales.get(&(l, k)) {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(err(
+                    path,
+                    format!("post scale {s} of layer {l} is not positive"),
+                ));
+            }
+            let key = format!("{POST_SCALE_KEY}.blk.{l}.{}", k.proj().gguf_name());
+            w.add_kv(key, s).map_err(e)?;
+        }
+    }
     let r = ad.cfg.rank as u64;
     for (&(l, k), (a, b)) in &ad.tensors {
         let base = gguf_base(l, k.proj());
@@ -236,7 +317,11 @@ pub fn save_gguf(ad: &Adapter, path: &Path, arch: &str) -> Result<(), AdapterFil
         let base = gguf_base(l, k.proj());
         sink.write_tensor(&format!("{base}.lora_a"), &f32_bytes(a))
             .map_err(e)?;
-        sink.write_tensor(&format!("{base}.lora_b"), &f32_bytes(b))
+        let b_bytes = match post_scales.get(&(l, k)) {
+            Some(&s) => f32_bytes(&b.iter().map(|x| x / s).collect::<Vec<_>>()),
+            None => f32_bytes(b),
+        };
+        sink.write_tensor(&format!("{base}.lora_b"), &b_bytes)
             .map_err(e)?;
     }
     sink.finish().map_err(e)
@@ -299,7 +384,12 @@ pub fn load_gguf(path: &Path, model: &BitNetConfig) -> Result<Adapter, AdapterFi
             if !targets.contains(&p) {
                 targets.push(p);
             }
-            tensors.insert((l, ProjKey::of(p)), (read(ta)?, read(tb)?));
+            let mut b = read(tb)?;
+            let key = format!("{POST_SCALE_KEY}.blk.{l}.{}", p.gguf_name());
+            if let Some(s) = f.get(&key).and_then(|v| v.to_f64()) {
+                b.iter_mut().for_each(|x| *x *= s as f32);
+            }
+            tensors.insert((l, ProjKey::of(p)), (read(ta)?, b));
         }
     }
     let rank = rank.ok_or_else(|| err(path, "no `blk.N.<proj>.weight.lora_a` tensors"))?;

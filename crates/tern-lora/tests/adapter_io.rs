@@ -69,7 +69,7 @@ fn gguf_round_trip_is_exact_and_uses_llama_cpp_layout() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("a.gguf");
     let mut ad = adapter(Proj::ALL.to_vec());
-    save_gguf(&ad, &p, "bitnet").unwrap();
+    save_gguf(&ad, &p, "bitnet", &Default::default()).unwrap();
     let f = tern_io::gguf::GgufFile::open(&p).unwrap();
     assert_eq!(f.get_str("general.type").unwrap(), "adapter");
     assert_eq!(f.get_str("adapter.type").unwrap(), "lora");
@@ -133,7 +133,7 @@ fn gguf_adapter_reads_in_gguf_py() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("a.gguf");
     let ad = adapter(vec![Proj::K, Proj::Up]);
-    save_gguf(&ad, &p, "bitnet").unwrap();
+    save_gguf(&ad, &p, "bitnet", &Default::default()).unwrap();
     let script = "import sys, json\nfrom gguf import GGUFReader\nr = GGUFReader(sys.argv[1])\n\
                   print(json.dumps({t.name: [list(map(int, t.shape)), float(t.data.sum())] for t in r.tensors}))";
     let out = std::process::Command::new(&python)
@@ -174,4 +174,48 @@ fn oracle_python() -> Option<std::path::PathBuf> {
         p.display()
     );
     None
+}
+
+#[test]
+fn post_scales_are_divided_out_for_llama_cpp_and_restored_on_load() {
+    use tern_lora::adapter::ProjKey;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("a.gguf");
+    let ad = adapter(Proj::ALL.to_vec());
+    let mut post = tern_lora::io::PostScales::new();
+    post.insert((1, ProjKey::of(Proj::Gate)), 0.04);
+    post.insert((0, ProjKey::of(Proj::Up)), 0.25);
+    save_gguf(&ad, &p, "bitnet", &post).unwrap();
+    // In the file: B of the compensated projections divided by the factor.
+    let f = tern_io::gguf::GgufFile::open(&p).unwrap();
+    let raw = |name: &str| -> Vec<f32> {
+        f.tensor_data(f.tensor(name).unwrap())
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let gate_b = &ad.tensors[&(1, ProjKey::of(Proj::Gate))].1;
+    for (x, y) in raw("blk.1.ffn_gate.weight.lora_b").iter().zip(gate_b) {
+        assert_eq!(*x, y / 0.04);
+    }
+    let q_b = &ad.tensors[&(0, ProjKey::of(Proj::Q))].1;
+    assert_eq!(&raw("blk.0.attn_q.weight.lora_b"), q_b);
+    // Loading restores the adapter (up to one rounding of the division).
+    let back = load_gguf(&p, &tiny()).unwrap();
+    for (key, (a, b)) in &ad.tensors {
+        assert_eq!(&back.tensors[key].0, a);
+        for (x, y) in back.tensors[key].1.iter().zip(b) {
+            assert!(
+                (x - y).abs() <= 1e-6 * y.abs().max(1e-3),
+                "{key:?}: {x} vs {y}"
+            );
+        }
+    }
+    assert!(save_gguf(
+        &ad,
+        &p,
+        "bitnet",
+        &[((0, ProjKey::of(Proj::Up)), 0.0)].into()
+    )
+    .is_err());
 }

@@ -1,7 +1,7 @@
 //! `tern merge` and `tern adapters average`.
 
 use anyhow::{bail, Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tern_lora::merge::{average, Merged};
 use tern_model::export::{export, ExportOptions};
 use tern_model::source::ModelSource;
@@ -62,6 +62,7 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
     };
     let mut opts = ExportOptions::new(ty, embed);
     opts.dense_projections = true;
+    opts.metadata = tokenizer_kv(&src, &cfg)?;
     let report = export(&merged, &a.out, &opts, &mut ())?;
     eprintln!(
         "wrote {} ({} tensors, {} bytes): projections are full precision ({}) with {} adapter(s) \
@@ -114,7 +115,8 @@ pub fn run(cmd: &AdaptersCommand) -> Result<()> {
                 .map(|p| load_adapter(p, &cfg).with_context(|| format!("loading {}", p.display())))
                 .collect::<Result<Vec<_>>>()?;
             let avg = average(&ads, a.weights.as_deref())?;
-            save_adapter(&avg, &a.out, &a.model)?;
+            let post = post_scales(&src)?;
+            tern_lora::finetune::save_adapter(&avg, &a.out, &a.model, &post)?;
             eprintln!(
                 "wrote the average of {} adapters to {}",
                 ads.len(),
@@ -125,15 +127,38 @@ pub fn run(cmd: &AdaptersCommand) -> Result<()> {
     }
 }
 
-/// Save as PEFT (a folder) or as a llama.cpp adapter (`.gguf`).
-pub fn save_adapter(ad: &tern_lora::Adapter, out: &Path, base: &str) -> Result<()> {
-    if out
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
-        tern_lora::io::save_gguf(ad, out, "bitnet")?;
-    } else {
-        tern_lora::io::save_peft(ad, out, base)?;
-    }
-    Ok(())
+/// What llama.cpp multiplies after the LoRA branch on this base: the GGUF's
+/// own `.scale` tensors, or the ternary scales `tern convert` will write.
+pub fn post_scales(src: &ModelSource) -> Result<tern_lora::io::PostScales> {
+    Ok(match src {
+        ModelSource::Gguf(g) => tern_lora::io::post_scales_from_gguf(g.file())?,
+        other => tern_lora::io::post_scales_from_ternary(other.weights())?,
+    })
+}
+
+/// The base's tokenizer metadata, so that the merged file runs on its own:
+/// the GGUF's `tokenizer.*` keys, or what `tern convert` writes for a folder.
+fn tokenizer_kv(
+    src: &ModelSource,
+    cfg: &tern_model::BitNetConfig,
+) -> Result<Vec<(String, tern_io::gguf::Value)>> {
+    Ok(match src {
+        ModelSource::Gguf(g) => g
+            .file()
+            .metadata()
+            .iter()
+            .filter(|(k, _)| k.starts_with("tokenizer."))
+            .map(|(k, v)| (k.to_owned(), v.clone()))
+            .collect(),
+        ModelSource::Hf(_, dir) => {
+            tern_convert::vocab::tokenizer_metadata(
+                dir,
+                cfg.vocab_size,
+                cfg.bos_token_id,
+                cfg.eos_token_id,
+            )?
+            .kv
+        }
+        ModelSource::Random(_) => Vec::new(),
+    })
 }

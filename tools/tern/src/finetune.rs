@@ -191,6 +191,7 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
         checkpoint_dir: a.checkpoint_save_dir.clone(),
         output_adapter: a.output_adapter.clone(),
         base_model: a.model.clone(),
+        llamacpp_post_scales: crate::adapters::post_scales(&src)?,
         metrics: a
             .metrics
             .clone()

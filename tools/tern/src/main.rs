@@ -40,7 +40,7 @@ enum Command {
     /// Write the logits of every position as a [T, vocab] f32 .npy file.
     Logits(run::LogitsArgs),
     /// LoRA fine-tuning (flags as llama.cpp's llama-finetune-lora).
-    Finetune(finetune::FinetuneArgs),
+    Finetune(Box<finetune::FinetuneArgs>),
     /// Fold LoRA adapters into a model and write it as an f16/f32 GGUF.
     Merge(adapters::MergeArgs),
     /// Work with LoRA adapters.

@@ -193,7 +193,7 @@ fn lora_flag_applies_peft_and_gguf_adapters_identically() {
     let peft = dir.path().join("peft");
     tern_lora::io::save_peft(&ad, &peft, "relu2_gqa").unwrap();
     let gguf = dir.path().join("a.gguf");
-    tern_lora::io::save_gguf(&ad, &gguf, "bitnet").unwrap();
+    tern_lora::io::save_gguf(&ad, &gguf, "bitnet", &Default::default()).unwrap();
     let run = |lora: Option<&std::path::Path>, out: &str| {
         let out = dir.path().join(out);
         let mut args = vec![
