@@ -37,15 +37,16 @@ pub trait TernarySource {
     fn row_codes(&self, r: usize, out: &mut [i8]);
 }
 
-/// Codes already in memory (tests, conversion, freshly quantized weights).
-pub struct TernaryCodes<'a> {
+/// Codes already in memory (tests, conversion, freshly quantized weights),
+/// borrowed (`&[i8]`) or owned (`Vec<i8>`).
+pub struct TernaryCodes<C: AsRef<[i8]>> {
     pub rows: usize,
     pub cols: usize,
-    pub codes: &'a [i8],
+    pub codes: C,
     pub scale: f32,
 }
 
-impl TernarySource for TernaryCodes<'_> {
+impl<C: AsRef<[i8]>> TernarySource for TernaryCodes<C> {
     fn rows(&self) -> usize {
         self.rows
     }
@@ -56,7 +57,7 @@ impl TernarySource for TernaryCodes<'_> {
         self.scale
     }
     fn row_codes(&self, r: usize, out: &mut [i8]) {
-        out.copy_from_slice(&self.codes[r * self.cols..(r + 1) * self.cols]);
+        out.copy_from_slice(&self.codes.as_ref()[r * self.cols..(r + 1) * self.cols]);
     }
 }
 

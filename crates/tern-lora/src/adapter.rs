@@ -92,11 +92,14 @@ pub enum LoraError {
     Backend(#[from] BackendError),
 }
 
+/// One `(A, B)`-shaped pair of host tensors per (layer, projection).
+pub type TensorPairs = BTreeMap<(usize, ProjKey), (Vec<f32>, Vec<f32>)>;
+
 /// Host-side adapter: `A [r, in]` and `B [out, r]` for every (layer, proj).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Adapter {
     pub cfg: LoraConfig,
-    pub tensors: BTreeMap<(usize, ProjKey), (Vec<f32>, Vec<f32>)>,
+    pub tensors: TensorPairs,
 }
 
 /// `Proj` as an ordered map key (layer order, then q k v o gate up down).

@@ -122,6 +122,23 @@ pub struct MetricLine {
     pub perplexity: Option<f64>,
 }
 
+impl MetricLine {
+    /// A validation result: mean loss per target token and its perplexity.
+    fn eval(step: u64, epoch: usize, loss: f64, tokens: usize) -> Self {
+        MetricLine {
+            kind: "eval".into(),
+            step,
+            epoch,
+            loss,
+            lr: 0.0,
+            grad_norm: 0.0,
+            tokens,
+            tokens_per_s: 0.0,
+            perplexity: Some(loss.exp()),
+        }
+    }
+}
+
 /// What a finished run reports.
 #[derive(Clone, Debug)]
 pub struct FinetuneReport {
@@ -251,17 +268,7 @@ pub fn finetune<B: Backend>(
     if st.step == 0 && data.validation_len() > 0 {
         let loss = evaluate(&mut trainer, data, opts.batch_size)?;
         initial_validation = Some(loss);
-        metrics.push(MetricLine {
-            kind: "eval".into(),
-            step: 0,
-            epoch: 0,
-            loss,
-            lr: 0.0,
-            grad_norm: 0.0,
-            tokens: data.validation_tokens(),
-            tokens_per_s: 0.0,
-            perplexity: Some(loss.exp()),
-        })?;
+        metrics.push(MetricLine::eval(0, 0, loss, data.validation_tokens()))?;
     }
     let started = Instant::now();
     let mut tokens_done = 0u64;
@@ -380,17 +387,12 @@ pub fn finetune<B: Backend>(
     if data.validation_len() > 0 && !evaluated_here {
         let loss = evaluate(&mut trainer, data, opts.batch_size)?;
         validation.push((st.epoch, loss));
-        metrics.push(MetricLine {
-            kind: "eval".into(),
-            step: st.step,
-            epoch: st.epoch,
+        metrics.push(MetricLine::eval(
+            st.step,
+            st.epoch,
             loss,
-            lr: 0.0,
-            grad_norm: 0.0,
-            tokens: data.validation_tokens(),
-            tokens_per_s: 0.0,
-            perplexity: Some(loss.exp()),
-        })?;
+            data.validation_tokens(),
+        ))?;
     }
     let ad = trainer.adapter()?;
     save_adapter(
@@ -422,17 +424,12 @@ fn end_epoch<B: Backend>(
     if data.validation_len() > 0 {
         let loss = evaluate(trainer, data, opts.batch_size)?;
         validation.push((st.epoch, loss));
-        metrics.push(MetricLine {
-            kind: "eval".into(),
-            step: st.step,
-            epoch: st.epoch,
+        metrics.push(MetricLine::eval(
+            st.step,
+            st.epoch,
             loss,
-            lr: 0.0,
-            grad_norm: 0.0,
-            tokens: data.validation_tokens(),
-            tokens_per_s: 0.0,
-            perplexity: Some(loss.exp()),
-        })?;
+            data.validation_tokens(),
+        ))?;
     }
     st.epoch += 1;
     st.pos = 0;

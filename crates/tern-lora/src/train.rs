@@ -5,7 +5,7 @@
 //! the backward recomputes one block's activations from it, so memory stays
 //! near packed weights + adapter state + one block's activations.
 
-use crate::adapter::{Adapter, LoraConfig, LoraError, ProjKey};
+use crate::adapter::{Adapter, LoraConfig, LoraError, ProjKey, TensorPairs};
 use std::collections::BTreeMap;
 use tern_backend::{AdamW, AttnDims, Backend, Gemm};
 use tern_model::model::{ActQuant, Layer};
@@ -32,8 +32,8 @@ struct Param<B: Backend> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct OptimizerState {
     pub step: u32,
-    pub m: BTreeMap<(usize, ProjKey), (Vec<f32>, Vec<f32>)>,
-    pub v: BTreeMap<(usize, ProjKey), (Vec<f32>, Vec<f32>)>,
+    pub m: TensorPairs,
+    pub v: TensorPairs,
 }
 
 /// Loss of one forward (and backward) pass.
@@ -680,37 +680,39 @@ impl<'m, B: Backend> Trainer<'m, B> {
         }
     }
 
-    /// The current adapter, copied to the host.
-    pub fn adapter(&self) -> Result<Adapter, LoraError> {
+    /// Copy one `(A-like, B-like)` pair of buffers of every adapter tensor to
+    /// the host, in the adapter's layout.
+    fn download_pairs(
+        &self,
+        pick: impl Fn(&Param<B>) -> (&B::Buf, &B::Buf),
+    ) -> Result<TensorPairs, LoraError> {
         let be = self.be();
-        let mut tensors = BTreeMap::new();
+        let mut out = BTreeMap::new();
         for p in &self.params {
-            tensors.insert(
+            let (a, b) = pick(p);
+            out.insert(
                 (p.layer, ProjKey::of(p.proj)),
-                (be.download(&p.a)?, be.download(&p.b)?),
+                (be.download(a)?, be.download(b)?),
             );
         }
+        Ok(out)
+    }
+
+    /// The current adapter, copied to the host.
+    pub fn adapter(&self) -> Result<Adapter, LoraError> {
         Ok(Adapter {
             cfg: self.cfg.clone(),
-            tensors,
+            tensors: self.download_pairs(|p| (&p.a, &p.b))?,
         })
     }
 
     /// AdamW moments `(m, v)` and the step count, copied to the host (for
     /// checkpoints). Each map has the adapter's layout.
     pub fn optimizer_state(&self) -> Result<OptimizerState, LoraError> {
-        let be = self.be();
-        let mut m = BTreeMap::new();
-        let mut v = BTreeMap::new();
-        for p in &self.params {
-            let key = (p.layer, ProjKey::of(p.proj));
-            m.insert(key, (be.download(&p.ma)?, be.download(&p.mb)?));
-            v.insert(key, (be.download(&p.va)?, be.download(&p.vb)?));
-        }
         Ok(OptimizerState {
             step: self.step,
-            m,
-            v,
+            m: self.download_pairs(|p| (&p.ma, &p.mb))?,
+            v: self.download_pairs(|p| (&p.va, &p.vb))?,
         })
     }
 
@@ -748,17 +750,9 @@ impl<'m, B: Backend> Trainer<'m, B> {
 
     /// Gradients of every adapter tensor, copied to the host (for tests).
     pub fn gradients(&self) -> Result<Adapter, LoraError> {
-        let be = self.be();
-        let mut tensors = BTreeMap::new();
-        for p in &self.params {
-            tensors.insert(
-                (p.layer, ProjKey::of(p.proj)),
-                (be.download(&p.ga)?, be.download(&p.gb)?),
-            );
-        }
         Ok(Adapter {
             cfg: self.cfg.clone(),
-            tensors,
+            tensors: self.download_pairs(|p| (&p.ga, &p.gb))?,
         })
     }
 }

@@ -138,33 +138,7 @@ pub trait WeightSource {
 }
 
 /// Ternary codes owned in memory (one quantized tensor).
-pub struct OwnedTernary {
-    pub rows: usize,
-    pub cols: usize,
-    pub codes: Vec<i8>,
-    pub scale: f32,
-}
-
-impl TernarySource for OwnedTernary {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-    fn cols(&self) -> usize {
-        self.cols
-    }
-    fn scale(&self) -> f32 {
-        self.scale
-    }
-    fn row_codes(&self, r: usize, out: &mut [i8]) {
-        TernaryCodes {
-            rows: self.rows,
-            cols: self.cols,
-            codes: &self.codes,
-            scale: self.scale,
-        }
-        .row_codes(r, out)
-    }
-}
+pub type OwnedTernary = TernaryCodes<Vec<i8>>;
 
 fn check_shape(
     file: &Path,
