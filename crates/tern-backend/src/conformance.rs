@@ -55,6 +55,8 @@ macro_rules! conformance_tests {
             cross_entropy_reference,
             cross_entropy_backward_fd,
             adamw_matches_pytorch,
+            requantize_ternary_exact,
+            fake_quant_act_exact,
         );
     };
     (@each $ctor:expr; $($name:ident),* $(,)?) => {
@@ -198,6 +200,57 @@ pub mod reference {
             tern_tensor::quant::absmax_int8_per_token(x, cols, &mut q, &mut a);
         }
         (q, a)
+    }
+
+    /// Absmean ternarization written out from its definition: `|W|` summed
+    /// in f64 and rounded to f32 once, divided by the count as f32, clamped
+    /// below at 1e-5; `s = 1 / mean`; codes `clamp(round_half_even(W * s),
+    /// -1, 1)`; returns the codes and the scale `1 / s`.
+    pub fn absmean_ternary(w: &[f32]) -> (Vec<i8>, f32) {
+        let mut sum = 0f64;
+        for &v in w {
+            sum += (v as f64).abs();
+        }
+        let mut mean = (sum as f32) / (w.len() as f32);
+        if mean < 1e-5 {
+            mean = 1e-5;
+        }
+        let s = 1.0 / mean;
+        let codes = w
+            .iter()
+            .map(|&v| {
+                let t = (v * s).round_ties_even();
+                if t > 0.0 {
+                    1
+                } else if t < 0.0 {
+                    -1
+                } else {
+                    0
+                }
+            })
+            .collect();
+        (codes, 1.0 / s)
+    }
+
+    /// Per-row fake quantization written out from its definition:
+    /// `a = 127 / max(max|x|, 1e-5)`, `clamp(round_half_even(x * a), -128, 127) / a`.
+    pub fn fake_quant_act(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        let mut y = vec![0f32; rows * cols];
+        for r in 0..rows {
+            let row = &x[r * cols..(r + 1) * cols];
+            let mut m = 0f32;
+            for &v in row {
+                if v.abs() > m {
+                    m = v.abs();
+                }
+            }
+            let a = 127.0 / if m < 1e-5 { 1e-5 } else { m };
+            for c in 0..cols {
+                let q = (row[c] * a).round_ties_even().clamp(-128.0, 127.0);
+                y[r * cols + c] = q / a;
+            }
+        }
+        y
     }
 
     /// `acc[r, o] = Σ_c codes[o, c] * xq[r, c]` in i64.
@@ -1675,6 +1728,95 @@ pub fn adamw_matches_pytorch<B: Backend>(b: &B) {
             &v,
             1e-9,
             1e-5,
+        );
+    }
+}
+
+/// EXACT: `requantize_ternary` re-packs latent weights into an existing
+/// ternary matrix with the absmean definition, bit for bit: the effective
+/// weights `code * scale` (read back through `ternary_matmul_float` on
+/// identity rows, where every product is exact) and the W1.58A8 product
+/// against the i64 reference, over shapes with partial blocks, a tensor whose
+/// `W * s` hits the rounding ties 0.5 and 1.5, an all-zero tensor (the 1e-5
+/// clamp) and a second requantization of the same matrix.
+pub fn requantize_ternary_exact<B: Backend>(b: &B) {
+    let mut rng = Rng::new(31);
+    let ties = [0.5f32, -0.5, 1.5, -1.5, 2.5, 0.0, -1.0, 0.5];
+    let mut cases: Vec<(usize, usize, Vec<f32>)> =
+        vec![(2, 4, ties.to_vec()), (3, 5, vec![0.0; 15])];
+    for &(out, cols) in &[(5usize, 70usize), (17, 129), (8, 256), (3, 300)] {
+        let scale = rng.uniform(0.001, 0.5);
+        let w: Vec<f32> = rng
+            .vec(out * cols, -1.0, 1.0)
+            .iter()
+            .map(|v| v * scale)
+            .collect();
+        cases.push((out, cols, w));
+    }
+    for (out, cols, latent) in cases {
+        // Start from unrelated codes and scale: every one must be replaced.
+        let mut w = b
+            .upload_ternary(&TernaryCodes {
+                rows: out,
+                cols,
+                codes: rng.codes(out * cols, 0.2),
+                scale: 3.0,
+            })
+            .expect("upload_ternary");
+        for round in 0..2 {
+            let latent: Vec<f32> = latent.iter().map(|v| v * (1 + round) as f32).collect();
+            b.requantize_ternary(&up(b, &latent), &mut w);
+            assert_eq!(b.ternary_shape(&w), (out, cols), "requantize_ternary shape");
+            let (codes, scale) = reference::absmean_ternary(&latent);
+            let what = format!("requantize_ternary [{out}, {cols}] round {round}");
+            let mut eye = vec![0f32; cols * cols];
+            for c in 0..cols {
+                eye[c * cols + c] = 1.0;
+            }
+            let mut y = b.zeros(cols * out).expect("zeros");
+            b.ternary_matmul_float(&w, &up(b, &eye), &mut y, cols);
+            let mut want = vec![0f32; cols * out];
+            for o in 0..out {
+                for c in 0..cols {
+                    want[c * out + o] = codes[o * cols + c] as f32 * scale;
+                }
+            }
+            assert_exact(&format!("{what}: code * scale"), &down(b, &y), &want);
+            let rows = 3;
+            let x = rng.vec(rows * cols, -2.0, 2.0);
+            let mut y = b.zeros(rows * out).expect("zeros");
+            b.ternary_matmul(&w, &up(b, &x), &mut y, rows);
+            let want = reference::ternary_matmul(&codes, out, cols, scale, &x, rows);
+            assert_exact(&format!("{what}: W1.58A8 product"), &down(b, &y), &want);
+        }
+    }
+}
+
+/// EXACT: `fake_quant_act` against the definition, including a zero row (the
+/// 1e-5 clamp), a row whose `x * a` lands on halves (ties to even) and rows
+/// of widths that are not multiples of any block.
+pub fn fake_quant_act_exact<B: Backend>(b: &B) {
+    let mut rng = Rng::new(32);
+    let mut tie_row: Vec<f32> = (0..10).map(|i| i as f32 + 0.5).collect();
+    tie_row.push(127.0);
+    let mut x = vec![0f32; 11];
+    x.extend(&tie_row);
+    x.extend(rng.vec(11 * 5, -3.0, 3.0));
+    let want = reference::fake_quant_act(&x, 7, 11);
+    // Ties: with max 127 the scale is 1, so 0.5 -> 0, 1.5 -> 2, 2.5 -> 2.
+    assert_eq!(&want[11..14], &[0.0, 2.0, 2.0], "reference ties");
+    let mut y = b.zeros(x.len()).expect("zeros");
+    b.fake_quant_act(&up(b, &x), &mut y, 7, 11);
+    assert_exact("fake_quant_act [7, 11]", &down(b, &y), &want);
+    for &(rows, cols) in &[(1usize, 1usize), (19, 300), (40, 129)] {
+        let x = rng.vec(rows * cols, -5.0, 5.0);
+        let mut y = b.zeros(rows * cols).expect("zeros");
+        b.fake_quant_act(&up(b, &x), &mut y, rows, cols);
+        let what = format!("fake_quant_act [{rows}, {cols}]");
+        assert_exact(
+            &what,
+            &down(b, &y),
+            &reference::fake_quant_act(&x, rows, cols),
         );
     }
 }

@@ -217,6 +217,20 @@ pub trait Backend: Send + Sync {
         rows: usize,
     );
 
+    /// Quantization-aware training: re-ternarize latent f32 weights
+    /// (`latent`, `[rows, cols]` of `w`'s shape) into `w` on the device, with
+    /// exactly `tern_tensor::quant::absmean_ternary`'s semantics: `s = 1 /
+    /// max(mean|W|, 1e-5)` (the sum of `|W|` taken in f64 and rounded to f32
+    /// once, divided by the element count as f32), codes
+    /// `clamp(round_half_even(W * s), -1, 1)`, scale `1 / s`.
+    fn requantize_ternary(&self, latent: &Self::Buf, w: &mut Self::Ternary);
+    /// The fake-quantized activations BitLinear multiplies: per row of `cols`
+    /// values, `a = 127 / max(max|x|, 1e-5)` and
+    /// `y = clamp(round_half_even(x * a), -128, 127) / a` (bit for bit
+    /// `tern_tensor::quant::fake_quant_act`). Under the straight-through
+    /// estimator the weight gradient of a BitLinear is `dyᵀ · y`.
+    fn fake_quant_act(&self, x: &Self::Buf, y: &mut Self::Buf, rows: usize, cols: usize);
+
     // ---- dense --------------------------------------------------------
     /// See [`Gemm`].
     fn matmul(&self, a: &Self::Buf, b: &Self::Buf, c: &mut Self::Buf, g: Gemm);

@@ -11,6 +11,7 @@ pub mod data;
 pub mod finetune;
 pub mod io;
 pub mod merge;
+pub mod pretrain;
 pub mod schedule;
 pub mod train;
 

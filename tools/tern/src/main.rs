@@ -8,6 +8,7 @@ mod adapters;
 mod convert;
 mod finetune;
 mod inspect;
+mod pretrain;
 mod run;
 
 #[derive(Parser)]
@@ -41,6 +42,8 @@ enum Command {
     Logits(run::LogitsArgs),
     /// LoRA fine-tuning (flags as llama.cpp's llama-finetune-lora).
     Finetune(Box<finetune::FinetuneArgs>),
+    /// Train a model from scratch (quantization-aware) and write a ternary GGUF.
+    Pretrain(Box<pretrain::PretrainArgs>),
     /// Fold LoRA adapters into a model and write it as an f16/f32 GGUF.
     Merge(adapters::MergeArgs),
     /// Work with LoRA adapters.
@@ -66,6 +69,7 @@ fn main() -> Result<()> {
         Command::Generate(a) => run::generate(&a)?,
         Command::Logits(a) => run::logits(&a)?,
         Command::Finetune(a) => finetune::run(&a)?,
+        Command::Pretrain(a) => pretrain::run(&a)?,
         Command::Merge(a) => adapters::merge(&a)?,
         Command::Adapters { command } => adapters::run(&command)?,
     }

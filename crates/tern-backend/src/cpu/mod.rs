@@ -161,6 +161,33 @@ impl Backend for Cpu {
             .install(|| ternary::matmul_backward(w, dy, dx, rows));
     }
 
+    fn requantize_ternary(&self, latent: &Vec<f32>, w: &mut CpuTernary) {
+        check_len(
+            "requantize_ternary",
+            "latent",
+            latent.len(),
+            w.rows * w.cols,
+        );
+        self.pool.install(|| ternary::requantize(latent, w));
+    }
+
+    fn fake_quant_act(&self, x: &Vec<f32>, y: &mut Vec<f32>, rows: usize, cols: usize) {
+        check_len("fake_quant_act", "x", x.len(), rows * cols);
+        check_len("fake_quant_act", "y", y.len(), rows * cols);
+        if rows == 0 {
+            return;
+        }
+        assert!(cols > 0, "cpu fake_quant_act: cols must be > 0");
+        self.pool.install(|| {
+            y.par_chunks_mut(cols * ROW_CHUNK)
+                .zip(x.par_chunks(cols * ROW_CHUNK))
+                .for_each(|(y, x)| {
+                    let mut a = vec![0f32; x.len() / cols];
+                    tern_tensor::quant::fake_quant_act(x, cols, y, &mut a);
+                })
+        });
+    }
+
     fn matmul(&self, a: &Vec<f32>, b: &Vec<f32>, c: &mut Vec<f32>, g: Gemm) {
         check_len("matmul", "a", a.len(), g.m * g.k);
         check_len("matmul", "b", b.len(), g.k * g.n);

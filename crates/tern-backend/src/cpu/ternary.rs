@@ -102,6 +102,28 @@ pub(crate) fn pack(w: &dyn TernarySource) -> Result<CpuTernary, BackendError> {
     })
 }
 
+/// Absmean-ternarizes `latent` (`[rows, cols]`) into `w` in place
+/// (`tern_tensor::quant::absmean_ternary`: one f64 sum over the whole tensor,
+/// then the codes of each row packed in parallel).
+pub(crate) fn requantize(latent: &[f32], w: &mut CpuTernary) {
+    if latent.is_empty() {
+        return;
+    }
+    let s = tern_tensor::quant::absmean_inv_scale(latent);
+    let cols = w.cols;
+    w.data
+        .par_chunks_mut(w.row_bytes)
+        .zip(latent.par_chunks(cols))
+        .for_each(|(out, row)| {
+            let codes: Vec<i8> = row
+                .iter()
+                .map(|&x| (x * s).round_ties_even().clamp(-1.0, 1.0) as i8)
+                .collect();
+            pack_row(&codes, out);
+        });
+    w.scale = 1.0 / s;
+}
+
 fn pack_row(codes: &[i8], out: &mut [u8]) {
     // 0b01 in every pair: code 0 (u = 1), which is also the padding.
     out.fill(0x55);
