@@ -5,12 +5,16 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod demo;
 mod interop;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
+  demo       [--retrain] [--quick]: the built-in demo: exact match of models/demo/tern-demo.gguf
+             on a task it never saw, LoRA fine-tuning on it, exact match again (target/demo/);
+             --retrain first rebuilds the corpus and re-pretrains the model
   pyenv      create or update the oracle venv in target/pyenv (gguf, numpy, safetensors)
   test       pyenv, then `cargo test --workspace` with the oracles enabled
   fixtures   regenerate every committed oracle fixture under tests/fixtures
@@ -47,6 +51,7 @@ fn main() -> Result<()> {
             ])
             .args(&args[1..])),
         Some("gen-checkpoint") => gen_checkpoint(&root, &args[1..]),
+        Some("demo") => demo::demo(&root, &args[1..]),
         Some("interop") => interop::interop(&root),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");

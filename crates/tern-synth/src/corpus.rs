@@ -61,8 +61,8 @@ pub struct CorpusOptions {
 }
 
 impl Default for CorpusOptions {
-    /// Every task but list reversal in pretraining, reversal for
-    /// fine-tuning.
+    /// Every task but [`TaskKind::UNSEEN`] (`first`) in pretraining, that
+    /// one for fine-tuning.
     fn default() -> Self {
         CorpusOptions {
             seed: 0,

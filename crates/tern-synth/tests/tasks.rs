@@ -148,7 +148,7 @@ fn written_training_files_hold_no_held_out_example() {
         assert_eq!(m[0]["role"], "user");
         assert_eq!(m[1]["role"], "assistant");
         let p = m[0]["content"].as_str().unwrap();
-        assert!(p.starts_with("rev "), "{p}");
+        assert!(p.starts_with("first "), "{p}");
         assert!(!held.contains(p), "held-out prompt '{p}' in fine-tuning");
     }
     // The chat share is exact.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 mod adapters;
 mod convert;
+mod eval;
 mod finetune;
 mod inspect;
 mod pretrain;
@@ -44,6 +45,8 @@ enum Command {
     Finetune(Box<finetune::FinetuneArgs>),
     /// Train a model from scratch (quantization-aware) and write a ternary GGUF.
     Pretrain(Box<pretrain::PretrainArgs>),
+    /// Exact-match accuracy on held-out task examples (tern-synth), greedy decoding.
+    Eval(Box<eval::EvalArgs>),
     /// Fold LoRA adapters into a model and write it as an f16/f32 GGUF.
     Merge(adapters::MergeArgs),
     /// Work with LoRA adapters.
@@ -70,6 +73,7 @@ fn main() -> Result<()> {
         Command::Logits(a) => run::logits(&a)?,
         Command::Finetune(a) => finetune::run(&a)?,
         Command::Pretrain(a) => pretrain::run(&a)?,
+        Command::Eval(a) => eval::run(&a)?,
         Command::Merge(a) => adapters::merge(&a)?,
         Command::Adapters { command } => adapters::run(&command)?,
     }
