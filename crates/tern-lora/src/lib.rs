@@ -7,6 +7,7 @@
 //! adapter through plain f32 matmuls.
 
 pub mod adapter;
+mod block;
 pub mod data;
 pub mod finetune;
 pub mod io;

@@ -21,10 +21,11 @@
 //! untied head). Blocks are checkpointed as in [`crate::train`]: the forward
 //! keeps each block's input, the backward recomputes one block at a time.
 
+use crate::block::{self, BlockHooks, Norm};
 use crate::schedule::Schedule;
 use crate::train::StepStats;
 use std::path::PathBuf;
-use tern_backend::{AdamW, AttnDims, Backend, BackendError, Gemm, TernarySource};
+use tern_backend::{AdamW, Backend, BackendError, Gemm, TernarySource};
 use tern_model::model::{ActQuant, Layer};
 use tern_model::weights::{ternarize, EMBED, LM_HEAD, NORM};
 use tern_model::{BitNetConfig, Model, ModelError, Proj, WeightError, WeightSource};
@@ -397,28 +398,6 @@ enum Slot {
     Proj(usize, usize),
 }
 
-/// Activations of one block, recomputed from its input.
-struct BlockActs<B: Backend> {
-    n1: B::Buf,
-    rstd1: B::Buf,
-    q: B::Buf,
-    k: B::Buf,
-    v: B::Buf,
-    att: B::Buf,
-    lse: B::Buf,
-    att_n: B::Buf,
-    rstd2: B::Buf,
-    h: B::Buf,
-    n2: B::Buf,
-    rstd3: B::Buf,
-    g: B::Buf,
-    u: B::Buf,
-    a: B::Buf,
-    a_n: B::Buf,
-    rstd4: B::Buf,
-    out: B::Buf,
-}
-
 fn gemm(m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Gemm {
     Gemm {
         m,
@@ -581,7 +560,7 @@ impl<B: Backend> Pretrainer<B> {
     }
 
     /// `y = BitLinear(x)` in the trainer's activation mode.
-    fn proj_fwd(&self, l: usize, p: usize, x: &B::Buf, y: &mut B::Buf, rows: usize) {
+    fn proj_fwd_idx(&self, l: usize, p: usize, x: &B::Buf, y: &mut B::Buf, rows: usize) {
         let be = &self.model.backend;
         let w = ternary_of(&self.model.layers[l], p);
         match self.act_quant {
@@ -612,7 +591,7 @@ impl<B: Backend> Pretrainer<B> {
     /// STE backward of one projection: `dx (+)= dy · W_q`,
     /// `dW += dyᵀ · xg` (`xg` is `x_fq` or `x`).
     #[allow(clippy::too_many_arguments)]
-    fn proj_bwd(
+    fn proj_bwd_idx(
         &mut self,
         l: usize,
         p: usize,
@@ -640,239 +619,6 @@ impl<B: Backend> Pretrainer<B> {
             gemm(out, rows, inp, true, false, 1.0, 1.0),
         );
         Ok(())
-    }
-
-    fn dims(&self, batch: usize, seq: usize) -> AttnDims {
-        let cfg = &self.model.cfg;
-        AttnDims {
-            batch,
-            n_new: seq,
-            n_past: 0,
-            kv_len: seq,
-            n_heads: cfg.num_attention_heads,
-            n_kv_heads: cfg.n_kv_heads(),
-            head_dim: cfg.head_dim(),
-        }
-    }
-
-    /// Forward of block `l` on `x` (`[batch * seq, hidden]`), keeping what
-    /// the backward needs.
-    fn block_fwd(
-        &self,
-        l: usize,
-        x: &B::Buf,
-        pos: &B::Ids,
-        batch: usize,
-        seq: usize,
-    ) -> Result<BlockActs<B>, PretrainError> {
-        let be = &self.model.backend;
-        let cfg = &self.model.cfg;
-        let layer = &self.model.layers[l];
-        let rows = batch * seq;
-        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
-        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
-        let eps = cfg.rms_norm_eps;
-        let mut a = BlockActs {
-            n1: be.zeros(rows * h)?,
-            rstd1: be.zeros(rows)?,
-            q: be.zeros(rows * qd)?,
-            k: be.zeros(rows * kvd)?,
-            v: be.zeros(rows * kvd)?,
-            att: be.zeros(rows * qd)?,
-            lse: be.zeros(batch * nh * seq)?,
-            att_n: be.zeros(rows * qd)?,
-            rstd2: be.zeros(rows)?,
-            h: be.zeros(rows * h)?,
-            n2: be.zeros(rows * h)?,
-            rstd3: be.zeros(rows)?,
-            g: be.zeros(rows * f)?,
-            u: be.zeros(rows * f)?,
-            a: be.zeros(rows * f)?,
-            a_n: be.zeros(rows * f)?,
-            rstd4: be.zeros(rows)?,
-            out: be.zeros(rows * h)?,
-        };
-        let (q, k, v, o, g, u, d) = (0, 1, 2, 3, 4, 5, 6);
-        be.rmsnorm(x, &layer.attn_norm, &mut a.n1, &mut a.rstd1, rows, h, eps);
-        self.proj_fwd(l, q, &a.n1, &mut a.q, rows);
-        self.proj_fwd(l, k, &a.n1, &mut a.k, rows);
-        self.proj_fwd(l, v, &a.n1, &mut a.v, rows);
-        be.rope(&mut a.q, pos, rows, nh, hd, cfg.rope_theta, false);
-        be.rope(&mut a.k, pos, rows, nkv, hd, cfg.rope_theta, false);
-        be.attention(
-            &a.q,
-            &a.k,
-            &a.v,
-            &mut a.att,
-            &mut a.lse,
-            self.dims(batch, seq),
-        );
-        be.rmsnorm(
-            &a.att,
-            &layer.attn_sub_norm,
-            &mut a.att_n,
-            &mut a.rstd2,
-            rows,
-            qd,
-            eps,
-        );
-        self.proj_fwd(l, o, &a.att_n, &mut a.h, rows);
-        be.axpy(1.0, x, &mut a.h);
-        be.rmsnorm(&a.h, &layer.ffn_norm, &mut a.n2, &mut a.rstd3, rows, h, eps);
-        self.proj_fwd(l, g, &a.n2, &mut a.g, rows);
-        self.proj_fwd(l, u, &a.n2, &mut a.u, rows);
-        be.gate(&a.g, &a.u, &mut a.a, cfg.hidden_act.activation());
-        be.rmsnorm(
-            &a.a,
-            &layer.ffn_sub_norm,
-            &mut a.a_n,
-            &mut a.rstd4,
-            rows,
-            f,
-            eps,
-        );
-        self.proj_fwd(l, d, &a.a_n, &mut a.out, rows);
-        be.axpy(1.0, &a.h, &mut a.out);
-        Ok(a)
-    }
-
-    /// Backward of block `l`: from its input `x` and the gradient at its
-    /// output, the gradient at its input; parameter gradients accumulate.
-    fn block_bwd(
-        &mut self,
-        l: usize,
-        x: &B::Buf,
-        d_out: &B::Buf,
-        pos: &B::Ids,
-        batch: usize,
-        seq: usize,
-    ) -> Result<B::Buf, PretrainError> {
-        let a = self.block_fwd(l, x, pos, batch, seq)?;
-        let cfg = self.model.cfg.clone();
-        let rows = batch * seq;
-        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
-        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
-        let norm_slot: [usize; 4] = std::array::from_fn(|k| self.slot_index(Slot::Norm(l, k)));
-        let (q, k, v, o, g, u, d) = (0, 1, 2, 3, 4, 5, 6);
-
-        // out = h + down(ffn_sub_norm(act(g) * u))
-        let be = &self.model.backend;
-        let mut d_an = be.zeros(rows * f)?;
-        let xg = self.wgrad_input(&a.a_n, rows, f)?;
-        self.proj_bwd(
-            l,
-            d,
-            xg.as_ref().unwrap_or(&a.a_n),
-            d_out,
-            &mut d_an,
-            rows,
-            false,
-        )?;
-        let be = &self.model.backend;
-        let mut d_a = be.zeros(rows * f)?;
-        be.rmsnorm_backward(
-            &a.a,
-            &self.model.layers[l].ffn_sub_norm,
-            &a.rstd4,
-            &d_an,
-            &mut d_a,
-            Some(&mut self.grads[norm_slot[3]]),
-            rows,
-            f,
-        );
-        let (mut dg, mut du) = (be.zeros(rows * f)?, be.zeros(rows * f)?);
-        be.gate_backward(
-            &a.g,
-            &a.u,
-            &d_a,
-            &mut dg,
-            &mut du,
-            cfg.hidden_act.activation(),
-        );
-        let mut d_n2 = be.zeros(rows * h)?;
-        let xg = self.wgrad_input(&a.n2, rows, h)?;
-        let xg = xg.as_ref().unwrap_or(&a.n2);
-        self.proj_bwd(l, g, xg, &dg, &mut d_n2, rows, false)?;
-        self.proj_bwd(l, u, xg, &du, &mut d_n2, rows, true)?;
-        let be = &self.model.backend;
-        let mut dh = be.zeros(rows * h)?;
-        be.rmsnorm_backward(
-            &a.h,
-            &self.model.layers[l].ffn_norm,
-            &a.rstd3,
-            &d_n2,
-            &mut dh,
-            Some(&mut self.grads[norm_slot[2]]),
-            rows,
-            h,
-        );
-        be.axpy(1.0, d_out, &mut dh);
-
-        // h = x + o_proj(attn_sub_norm(attention(rope(q), rope(k), v)))
-        let mut d_attn = be.zeros(rows * qd)?;
-        let xg = self.wgrad_input(&a.att_n, rows, qd)?;
-        self.proj_bwd(
-            l,
-            o,
-            xg.as_ref().unwrap_or(&a.att_n),
-            &dh,
-            &mut d_attn,
-            rows,
-            false,
-        )?;
-        let be = &self.model.backend;
-        let mut d_att = be.zeros(rows * qd)?;
-        be.rmsnorm_backward(
-            &a.att,
-            &self.model.layers[l].attn_sub_norm,
-            &a.rstd2,
-            &d_attn,
-            &mut d_att,
-            Some(&mut self.grads[norm_slot[1]]),
-            rows,
-            qd,
-        );
-        let (mut dq, mut dk, mut dv) = (
-            be.zeros(rows * qd)?,
-            be.zeros(rows * kvd)?,
-            be.zeros(rows * kvd)?,
-        );
-        be.attention_backward(
-            &a.q,
-            &a.k,
-            &a.v,
-            &a.att,
-            &a.lse,
-            &d_att,
-            &mut dq,
-            &mut dk,
-            &mut dv,
-            self.dims(batch, seq),
-        );
-        be.rope(&mut dq, pos, rows, nh, hd, cfg.rope_theta, true);
-        be.rope(&mut dk, pos, rows, nkv, hd, cfg.rope_theta, true);
-        let mut d_n1 = be.zeros(rows * h)?;
-        let xg = self.wgrad_input(&a.n1, rows, h)?;
-        let xg = xg.as_ref().unwrap_or(&a.n1);
-        self.proj_bwd(l, q, xg, &dq, &mut d_n1, rows, false)?;
-        self.proj_bwd(l, k, xg, &dk, &mut d_n1, rows, true)?;
-        self.proj_bwd(l, v, xg, &dv, &mut d_n1, rows, true)?;
-        let be = &self.model.backend;
-        let mut dx = be.zeros(rows * h)?;
-        be.rmsnorm_backward(
-            x,
-            &self.model.layers[l].attn_norm,
-            &a.rstd1,
-            &d_n1,
-            &mut dx,
-            Some(&mut self.grads[norm_slot[0]]),
-            rows,
-            h,
-        );
-        be.axpy(1.0, &dh, &mut dx);
-        Ok(dx)
     }
 
     fn check_batch(
@@ -963,7 +709,7 @@ impl<B: Backend> Pretrainer<B> {
         be.embedding(&self.model.embed, &ids, &mut x0, h);
         xs.push(x0);
         for l in 0..n_layers {
-            let acts = self.block_fwd(l, &xs[l], &pos, batch, seq)?;
+            let acts = block::forward(&*self, l, &xs[l], &pos, batch, seq)?;
             xs.push(acts.out);
         }
         let be = &self.model.backend;
@@ -1043,7 +789,7 @@ impl<B: Backend> Pretrainer<B> {
             h,
         );
         for l in (0..n_layers).rev() {
-            dx = self.block_bwd(l, &xs[l], &dx, &pos, batch, seq)?;
+            dx = block::backward(self, l, &xs[l], &dx, &pos, batch, seq)?;
         }
         let be = &self.model.backend;
         let embed_slot = self.slot_index(Slot::Embed);
@@ -1293,4 +1039,74 @@ pub fn pretrain<B: Backend>(
         tokens,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+impl<B: Backend> BlockHooks<B> for Pretrainer<B> {
+    type Error = PretrainError;
+
+    fn model(&self) -> &Model<B> {
+        &self.model
+    }
+
+    fn proj_fwd(
+        &self,
+        l: usize,
+        p: Proj,
+        x: &B::Buf,
+        y: &mut B::Buf,
+        rows: usize,
+    ) -> Result<(), PretrainError> {
+        self.proj_fwd_idx(l, proj_index(p), x, y, rows);
+        Ok(())
+    }
+
+    /// `x_fq` for the weight gradients under int8 activations.
+    fn grad_input(
+        &self,
+        x: &B::Buf,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<B::Buf>, PretrainError> {
+        self.wgrad_input(x, rows, cols)
+    }
+
+    fn proj_bwd(
+        &mut self,
+        l: usize,
+        p: Proj,
+        x: &B::Buf,
+        xg: Option<&B::Buf>,
+        dy: &B::Buf,
+        dx: &mut B::Buf,
+        rows: usize,
+        accumulate: bool,
+    ) -> Result<(), PretrainError> {
+        self.proj_bwd_idx(l, proj_index(p), xg.unwrap_or(x), dy, dx, rows, accumulate)
+    }
+
+    /// Norm weights train: their gradients accumulate.
+    fn norm_bwd(
+        &mut self,
+        l: usize,
+        n: Norm,
+        x: &B::Buf,
+        rstd: &B::Buf,
+        dy: &B::Buf,
+        dx: &mut B::Buf,
+        rows: usize,
+        dim: usize,
+    ) {
+        let k = match n {
+            Norm::Attn => 0,
+            Norm::AttnSub => 1,
+            Norm::Ffn => 2,
+            Norm::FfnSub => 3,
+        };
+        let gi = self.slot_index(Slot::Norm(l, k));
+        let w = n.weight(&self.model.layers[l]);
+        let dw = Some(&mut self.grads[gi]);
+        self.model
+            .backend
+            .rmsnorm_backward(x, w, rstd, dy, dx, dw, rows, dim);
+    }
 }

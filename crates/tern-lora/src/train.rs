@@ -6,8 +6,9 @@
 //! near packed weights + adapter state + one block's activations.
 
 use crate::adapter::{Adapter, LoraConfig, LoraError, ProjKey, TensorPairs};
+use crate::block::{self, BlockHooks, Norm};
 use std::collections::BTreeMap;
-use tern_backend::{AdamW, AttnDims, Backend, Gemm};
+use tern_backend::{AdamW, Backend, Gemm};
 use tern_model::model::{ActQuant, Layer};
 use tern_model::{Model, Proj};
 
@@ -49,28 +50,6 @@ impl StepStats {
     pub fn mean(&self) -> f64 {
         self.loss_sum / self.n_tokens.max(1) as f64
     }
-}
-
-/// Activations of one block, recomputed from its input.
-struct BlockActs<B: Backend> {
-    n1: B::Buf,
-    rstd1: B::Buf,
-    q: B::Buf,
-    k: B::Buf,
-    v: B::Buf,
-    att: B::Buf,
-    lse: B::Buf,
-    att_n: B::Buf,
-    rstd2: B::Buf,
-    h: B::Buf,
-    n2: B::Buf,
-    rstd3: B::Buf,
-    g: B::Buf,
-    u: B::Buf,
-    a: B::Buf,
-    a_n: B::Buf,
-    rstd4: B::Buf,
-    out: B::Buf,
 }
 
 /// Trains a LoRA adapter on a frozen model.
@@ -205,300 +184,6 @@ impl<'m, B: Backend> Trainer<'m, B> {
         }
     }
 
-    /// `y = BitLinear(x) + s · B (A x)` for `rows` rows.
-    fn proj_fwd(
-        &self,
-        l: usize,
-        p: Proj,
-        x: &B::Buf,
-        y: &mut B::Buf,
-        rows: usize,
-    ) -> Result<(), LoraError> {
-        let be = self.be();
-        let w = Self::weight(&self.model.layers[l], p);
-        match self.act_quant {
-            ActQuant::PerTokenInt8 => be.ternary_matmul(w, x, y, rows),
-            ActQuant::None => be.ternary_matmul_float(w, x, y, rows),
-        }
-        if let Some(pr) = self.param(l, p) {
-            let (out, inp) = p.shape(&self.model.cfg);
-            let r = self.cfg.rank;
-            let mut scratch = None;
-            let x = self.lora_input(l, p, x, &mut scratch)?;
-            let mut t = be.zeros(rows * r)?;
-            be.matmul(x, &pr.a, &mut t, gemm(rows, inp, r, false, true, 1.0, 0.0));
-            be.matmul(
-                &t,
-                &pr.b,
-                y,
-                gemm(rows, r, out, false, true, self.cfg.scaling(), 1.0),
-            );
-        }
-        Ok(())
-    }
-
-    /// Backward of [`Self::proj_fwd`]: writes (or, with `accumulate`, adds)
-    /// `dx` and accumulates the adapter gradients.
-    #[allow(clippy::too_many_arguments)]
-    fn proj_bwd(
-        &mut self,
-        l: usize,
-        p: Proj,
-        x: &B::Buf,
-        dy: &B::Buf,
-        dx: &mut B::Buf,
-        rows: usize,
-        accumulate: bool,
-    ) -> Result<(), LoraError> {
-        let (out, inp) = p.shape(&self.model.cfg);
-        let r = self.cfg.rank;
-        let s = self.cfg.scaling();
-        let model = self.model;
-        let be = &model.backend;
-        let w = Self::weight(&model.layers[l], p);
-        if accumulate {
-            let mut tmp = be.zeros(rows * inp)?;
-            be.ternary_matmul_backward(w, dy, &mut tmp, rows);
-            be.axpy(1.0, &tmp, dx);
-        } else {
-            be.ternary_matmul_backward(w, dy, dx, rows);
-        }
-        if let Some(&i) = self.index.get(&(l, ProjKey::of(p))) {
-            let mut scratch = None;
-            let dropped = self.dropout_on && self.cfg.dropout > 0.0;
-            let mask_seed = self.mask_seed(l, p);
-            let xd = self.lora_input(l, p, x, &mut scratch)?;
-            let pr = &self.params[i];
-            let mut t = be.zeros(rows * r)?;
-            be.matmul(xd, &pr.a, &mut t, gemm(rows, inp, r, false, true, 1.0, 0.0));
-            // dt = s · dy B
-            let mut dt = be.zeros(rows * r)?;
-            be.matmul(dy, &pr.b, &mut dt, gemm(rows, out, r, false, false, s, 0.0));
-            // dx += dropout'(dt A): the same mask on the way back.
-            if dropped {
-                let mut dxd = be.zeros(rows * inp)?;
-                be.matmul(
-                    &dt,
-                    &pr.a,
-                    &mut dxd,
-                    gemm(rows, r, inp, false, false, 1.0, 0.0),
-                );
-                let mut masked = be.zeros(rows * inp)?;
-                be.dropout(&dxd, &mut masked, self.cfg.dropout, mask_seed);
-                be.axpy(1.0, &masked, dx);
-            } else {
-                be.matmul(&dt, &pr.a, dx, gemm(rows, r, inp, false, false, 1.0, 1.0));
-            }
-            let pr = &mut self.params[i];
-            // dB += s · dyᵀ t ; dA += dtᵀ x_d
-            be.matmul(dy, &t, &mut pr.gb, gemm(out, rows, r, true, false, s, 1.0));
-            be.matmul(
-                &dt,
-                xd,
-                &mut pr.ga,
-                gemm(r, rows, inp, true, false, 1.0, 1.0),
-            );
-        }
-        Ok(())
-    }
-
-    /// Forward of block `l` on `x` (`[batch * seq, hidden]`), keeping what the
-    /// backward needs.
-    fn block_fwd(
-        &self,
-        l: usize,
-        x: &B::Buf,
-        pos: &B::Ids,
-        batch: usize,
-        seq: usize,
-    ) -> Result<BlockActs<B>, LoraError> {
-        let be = self.be();
-        let cfg = &self.model.cfg;
-        let layer = &self.model.layers[l];
-        let rows = batch * seq;
-        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
-        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
-        let eps = cfg.rms_norm_eps;
-        let mut a = BlockActs {
-            n1: be.zeros(rows * h)?,
-            rstd1: be.zeros(rows)?,
-            q: be.zeros(rows * qd)?,
-            k: be.zeros(rows * kvd)?,
-            v: be.zeros(rows * kvd)?,
-            att: be.zeros(rows * qd)?,
-            lse: be.zeros(batch * nh * seq)?,
-            att_n: be.zeros(rows * qd)?,
-            rstd2: be.zeros(rows)?,
-            h: be.zeros(rows * h)?,
-            n2: be.zeros(rows * h)?,
-            rstd3: be.zeros(rows)?,
-            g: be.zeros(rows * f)?,
-            u: be.zeros(rows * f)?,
-            a: be.zeros(rows * f)?,
-            a_n: be.zeros(rows * f)?,
-            rstd4: be.zeros(rows)?,
-            out: be.zeros(rows * h)?,
-        };
-        be.rmsnorm(x, &layer.attn_norm, &mut a.n1, &mut a.rstd1, rows, h, eps);
-        self.proj_fwd(l, Proj::Q, &a.n1, &mut a.q, rows)?;
-        self.proj_fwd(l, Proj::K, &a.n1, &mut a.k, rows)?;
-        self.proj_fwd(l, Proj::V, &a.n1, &mut a.v, rows)?;
-        be.rope(&mut a.q, pos, rows, nh, hd, cfg.rope_theta, false);
-        be.rope(&mut a.k, pos, rows, nkv, hd, cfg.rope_theta, false);
-        be.attention(
-            &a.q,
-            &a.k,
-            &a.v,
-            &mut a.att,
-            &mut a.lse,
-            self.dims(batch, seq),
-        );
-        be.rmsnorm(
-            &a.att,
-            &layer.attn_sub_norm,
-            &mut a.att_n,
-            &mut a.rstd2,
-            rows,
-            qd,
-            eps,
-        );
-        self.proj_fwd(l, Proj::O, &a.att_n, &mut a.h, rows)?;
-        be.axpy(1.0, x, &mut a.h);
-        be.rmsnorm(&a.h, &layer.ffn_norm, &mut a.n2, &mut a.rstd3, rows, h, eps);
-        self.proj_fwd(l, Proj::Gate, &a.n2, &mut a.g, rows)?;
-        self.proj_fwd(l, Proj::Up, &a.n2, &mut a.u, rows)?;
-        be.gate(&a.g, &a.u, &mut a.a, cfg.hidden_act.activation());
-        be.rmsnorm(
-            &a.a,
-            &layer.ffn_sub_norm,
-            &mut a.a_n,
-            &mut a.rstd4,
-            rows,
-            f,
-            eps,
-        );
-        self.proj_fwd(l, Proj::Down, &a.a_n, &mut a.out, rows)?;
-        be.axpy(1.0, &a.h, &mut a.out);
-        Ok(a)
-    }
-
-    fn dims(&self, batch: usize, seq: usize) -> AttnDims {
-        let cfg = &self.model.cfg;
-        AttnDims {
-            batch,
-            n_new: seq,
-            n_past: 0,
-            kv_len: seq,
-            n_heads: cfg.num_attention_heads,
-            n_kv_heads: cfg.n_kv_heads(),
-            head_dim: cfg.head_dim(),
-        }
-    }
-
-    /// Backward of block `l`: from its input `x` and the gradient at its
-    /// output, the gradient at its input (adapter gradients accumulate).
-    fn block_bwd(
-        &mut self,
-        l: usize,
-        x: &B::Buf,
-        d_out: &B::Buf,
-        pos: &B::Ids,
-        batch: usize,
-        seq: usize,
-    ) -> Result<B::Buf, LoraError> {
-        let a = self.block_fwd(l, x, pos, batch, seq)?;
-        let model = self.model;
-        let be = &model.backend;
-        let cfg = &model.cfg;
-        let layer = &model.layers[l];
-        let rows = batch * seq;
-        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
-        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
-
-        // out = h + down(ffn_sub_norm(act(g) * u))
-        let mut d_an = be.zeros(rows * f)?;
-        self.proj_bwd(l, Proj::Down, &a.a_n, d_out, &mut d_an, rows, false)?;
-        let mut d_a = be.zeros(rows * f)?;
-        be.rmsnorm_backward(
-            &a.a,
-            &layer.ffn_sub_norm,
-            &a.rstd4,
-            &d_an,
-            &mut d_a,
-            None,
-            rows,
-            f,
-        );
-        let (mut dg, mut du) = (be.zeros(rows * f)?, be.zeros(rows * f)?);
-        be.gate_backward(
-            &a.g,
-            &a.u,
-            &d_a,
-            &mut dg,
-            &mut du,
-            cfg.hidden_act.activation(),
-        );
-        let mut d_n2 = be.zeros(rows * h)?;
-        self.proj_bwd(l, Proj::Gate, &a.n2, &dg, &mut d_n2, rows, false)?;
-        self.proj_bwd(l, Proj::Up, &a.n2, &du, &mut d_n2, rows, true)?;
-        let mut dh = be.zeros(rows * h)?;
-        be.rmsnorm_backward(
-            &a.h,
-            &layer.ffn_norm,
-            &a.rstd3,
-            &d_n2,
-            &mut dh,
-            None,
-            rows,
-            h,
-        );
-        be.axpy(1.0, d_out, &mut dh);
-
-        // h = x + o_proj(attn_sub_norm(attention(rope(q), rope(k), v)))
-        let mut d_attn = be.zeros(rows * qd)?;
-        self.proj_bwd(l, Proj::O, &a.att_n, &dh, &mut d_attn, rows, false)?;
-        let mut d_att = be.zeros(rows * qd)?;
-        be.rmsnorm_backward(
-            &a.att,
-            &layer.attn_sub_norm,
-            &a.rstd2,
-            &d_attn,
-            &mut d_att,
-            None,
-            rows,
-            qd,
-        );
-        let (mut dq, mut dk, mut dv) = (
-            be.zeros(rows * qd)?,
-            be.zeros(rows * kvd)?,
-            be.zeros(rows * kvd)?,
-        );
-        be.attention_backward(
-            &a.q,
-            &a.k,
-            &a.v,
-            &a.att,
-            &a.lse,
-            &d_att,
-            &mut dq,
-            &mut dk,
-            &mut dv,
-            self.dims(batch, seq),
-        );
-        be.rope(&mut dq, pos, rows, nh, hd, cfg.rope_theta, true);
-        be.rope(&mut dk, pos, rows, nkv, hd, cfg.rope_theta, true);
-        let mut d_n1 = be.zeros(rows * h)?;
-        self.proj_bwd(l, Proj::Q, &a.n1, &dq, &mut d_n1, rows, false)?;
-        self.proj_bwd(l, Proj::K, &a.n1, &dk, &mut d_n1, rows, true)?;
-        self.proj_bwd(l, Proj::V, &a.n1, &dv, &mut d_n1, rows, true)?;
-        let mut dx = be.zeros(rows * h)?;
-        be.rmsnorm_backward(x, &layer.attn_norm, &a.rstd1, &d_n1, &mut dx, None, rows, h);
-        be.axpy(1.0, &dh, &mut dx);
-        Ok(dx)
-    }
-
     fn check_batch(
         &self,
         tokens: &[u32],
@@ -574,7 +259,7 @@ impl<'m, B: Backend> Trainer<'m, B> {
         be.embedding(&model.embed, &ids, &mut x0, h);
         xs.push(x0);
         for l in 0..model.layers.len() {
-            let acts = self.block_fwd(l, &xs[l], &pos, batch, seq)?;
+            let acts = block::forward(&*self, l, &xs[l], &pos, batch, seq)?;
             xs.push(acts.out);
         }
         let x_last = xs.last().expect("embedding output");
@@ -626,7 +311,7 @@ impl<'m, B: Backend> Trainer<'m, B> {
         let mut dx = be.zeros(rows * h)?;
         be.rmsnorm_backward(x_last, &model.norm, &rstd, &dxn, &mut dx, None, rows, h);
         for l in (0..model.layers.len()).rev() {
-            dx = self.block_bwd(l, &xs[l], &dx, &pos, batch, seq)?;
+            dx = block::backward(self, l, &xs[l], &dx, &pos, batch, seq)?;
         }
         let loss_sum = be.download(&loss)?.iter().map(|&v| v as f64).sum();
         Ok(StepStats { loss_sum, n_tokens })
@@ -754,5 +439,139 @@ impl<'m, B: Backend> Trainer<'m, B> {
             cfg: self.cfg.clone(),
             tensors: self.download_pairs(|p| (&p.ga, &p.gb))?,
         })
+    }
+}
+
+impl<B: Backend> BlockHooks<B> for Trainer<'_, B> {
+    type Error = LoraError;
+
+    fn model(&self) -> &Model<B> {
+        self.model
+    }
+
+    /// `y = BitLinear(x) + s · B (A x)` for `rows` rows.
+    fn proj_fwd(
+        &self,
+        l: usize,
+        p: Proj,
+        x: &B::Buf,
+        y: &mut B::Buf,
+        rows: usize,
+    ) -> Result<(), LoraError> {
+        let be = self.be();
+        let w = Self::weight(&self.model.layers[l], p);
+        match self.act_quant {
+            ActQuant::PerTokenInt8 => be.ternary_matmul(w, x, y, rows),
+            ActQuant::None => be.ternary_matmul_float(w, x, y, rows),
+        }
+        if let Some(pr) = self.param(l, p) {
+            let (out, inp) = p.shape(&self.model.cfg);
+            let r = self.cfg.rank;
+            let mut scratch = None;
+            let x = self.lora_input(l, p, x, &mut scratch)?;
+            let mut t = be.zeros(rows * r)?;
+            be.matmul(x, &pr.a, &mut t, gemm(rows, inp, r, false, true, 1.0, 0.0));
+            be.matmul(
+                &t,
+                &pr.b,
+                y,
+                gemm(rows, r, out, false, true, self.cfg.scaling(), 1.0),
+            );
+        }
+        Ok(())
+    }
+
+    /// The LoRA gradients need only the branch input itself.
+    fn grad_input(
+        &self,
+        _x: &B::Buf,
+        _rows: usize,
+        _cols: usize,
+    ) -> Result<Option<B::Buf>, LoraError> {
+        Ok(None)
+    }
+
+    /// Backward of the projection: writes (or, with `accumulate`, adds)
+    /// `dx` and accumulates the adapter gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn proj_bwd(
+        &mut self,
+        l: usize,
+        p: Proj,
+        x: &B::Buf,
+        _xg: Option<&B::Buf>,
+        dy: &B::Buf,
+        dx: &mut B::Buf,
+        rows: usize,
+        accumulate: bool,
+    ) -> Result<(), LoraError> {
+        let (out, inp) = p.shape(&self.model.cfg);
+        let r = self.cfg.rank;
+        let s = self.cfg.scaling();
+        let model = self.model;
+        let be = &model.backend;
+        let w = Self::weight(&model.layers[l], p);
+        if accumulate {
+            let mut tmp = be.zeros(rows * inp)?;
+            be.ternary_matmul_backward(w, dy, &mut tmp, rows);
+            be.axpy(1.0, &tmp, dx);
+        } else {
+            be.ternary_matmul_backward(w, dy, dx, rows);
+        }
+        if let Some(&i) = self.index.get(&(l, ProjKey::of(p))) {
+            let mut scratch = None;
+            let dropped = self.dropout_on && self.cfg.dropout > 0.0;
+            let mask_seed = self.mask_seed(l, p);
+            let xd = self.lora_input(l, p, x, &mut scratch)?;
+            let pr = &self.params[i];
+            let mut t = be.zeros(rows * r)?;
+            be.matmul(xd, &pr.a, &mut t, gemm(rows, inp, r, false, true, 1.0, 0.0));
+            // dt = s · dy B
+            let mut dt = be.zeros(rows * r)?;
+            be.matmul(dy, &pr.b, &mut dt, gemm(rows, out, r, false, false, s, 0.0));
+            // dx += dropout'(dt A): the same mask on the way back.
+            if dropped {
+                let mut dxd = be.zeros(rows * inp)?;
+                be.matmul(
+                    &dt,
+                    &pr.a,
+                    &mut dxd,
+                    gemm(rows, r, inp, false, false, 1.0, 0.0),
+                );
+                let mut masked = be.zeros(rows * inp)?;
+                be.dropout(&dxd, &mut masked, self.cfg.dropout, mask_seed);
+                be.axpy(1.0, &masked, dx);
+            } else {
+                be.matmul(&dt, &pr.a, dx, gemm(rows, r, inp, false, false, 1.0, 1.0));
+            }
+            let pr = &mut self.params[i];
+            // dB += s · dyᵀ t ; dA += dtᵀ x_d
+            be.matmul(dy, &t, &mut pr.gb, gemm(out, rows, r, true, false, s, 1.0));
+            be.matmul(
+                &dt,
+                xd,
+                &mut pr.ga,
+                gemm(r, rows, inp, true, false, 1.0, 1.0),
+            );
+        }
+        Ok(())
+    }
+
+    /// The norms are frozen: input gradient only.
+    fn norm_bwd(
+        &mut self,
+        l: usize,
+        n: Norm,
+        x: &B::Buf,
+        rstd: &B::Buf,
+        dy: &B::Buf,
+        dx: &mut B::Buf,
+        rows: usize,
+        dim: usize,
+    ) {
+        let w = n.weight(&self.model.layers[l]);
+        self.model
+            .backend
+            .rmsnorm_backward(x, w, rstd, dy, dx, None, rows, dim);
     }
 }
