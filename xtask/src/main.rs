@@ -23,6 +23,10 @@ commands:
   gen-checkpoint --config 7b [--dtype f16|bf16|f32] [--seed N] --out DIR:
              write a random Hugging Face checkpoint of a zoo config, tensor by tensor
   finetune   --model M --data D [flags]: `tern finetune` (LoRA) in a release build
+  bench      [--backend cpu|wgpu] [--models 125m,1b,...] [--out FILE.jsonl] [tern bench flags]:
+             `tern bench` (prefill, decode, LoRA tok/s, peak memory) over random-weight zoo
+             configs in a release build, then a markdown table of the results;
+             `bench --criterion` runs the criterion micro-benchmarks instead
   interop    convert a tiny model, run it in llama.cpp (built in target/interop-venv) and
              compare its logits with tern's (docs/interop.md)
 ";
@@ -53,6 +57,7 @@ fn main() -> Result<()> {
         Some("gen-checkpoint") => gen_checkpoint(&root, &args[1..]),
         Some("demo") => demo::demo(&root, &args[1..]),
         Some("interop") => interop::interop(&root),
+        Some("bench") => bench(&root, &args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())
@@ -177,5 +182,71 @@ fn gen_checkpoint(root: &Path, args: &[String]) -> Result<()> {
         out.display(),
         t0.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// `cargo xtask bench`: `tern bench` over zoo configs, results as JSON lines
+/// and a markdown table.
+fn bench(root: &Path, args: &[String]) -> Result<()> {
+    if args.iter().any(|a| a == "--criterion") {
+        return run(Command::new(env!("CARGO")).current_dir(root).args([
+            "bench",
+            "-p",
+            "tern-backend",
+        ]));
+    }
+    let mut models = "125m,1b,b1.58-2b-4t,7b,13b".to_string();
+    let mut out = root.join("target/bench.jsonl");
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--models" => models = it.next().context("--models needs a value")?.clone(),
+            "--out" => out = PathBuf::from(it.next().context("--out needs a value")?),
+            _ => rest.push(a.clone()),
+        }
+    }
+    run(Command::new(env!("CARGO")).current_dir(root).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "tern",
+    ]))?;
+    let tern = root.join("target/release/tern");
+    for m in models.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        let model = if m.contains(':') || m.ends_with(".gguf") {
+            m.to_string()
+        } else {
+            format!("random:{m}")
+        };
+        run(Command::new(&tern)
+            .args(["bench", "--model", &model, "--json"])
+            .arg(&out)
+            .args(&rest))?;
+    }
+    let text =
+        std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+    println!("| model | backend | prefill tok/s | decode tok/s | LoRA tok/s | LoRA peak MiB | peak MiB |");
+    println!("|---|---|---|---|---|---|---|");
+    let f = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let peak = if v["peak_device_mib"].is_null() {
+            &v["peak_rss_mib"]
+        } else {
+            &v["peak_device_mib"]
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            v["model"].as_str().unwrap_or("?"),
+            v["backend"].as_str().unwrap_or("?"),
+            f(&v["prefill_tok_s"]),
+            f(&v["decode_tok_s"]),
+            f(&v["lora_tok_s"]),
+            f(&v["lora_peak_device_mib"]),
+            f(peak)
+        );
+    }
     Ok(())
 }

@@ -171,6 +171,19 @@ pub trait Backend: Send + Sync {
     /// Human-readable name (`cpu (2 threads, avx2)`, `wgpu: NVIDIA H100 (Vulkan)`).
     fn name(&self) -> String;
 
+    /// Device memory held by this backend's buffers as `(current, peak)`
+    /// bytes, for backends with memory of their own (GPUs); `None` where the
+    /// host's allocator is the device (the CPU: see the process's RSS).
+    fn device_memory(&self) -> Option<(u64, u64)> {
+        None
+    }
+
+    /// Wait until every recorded op has finished; reports an asynchronous
+    /// device error (out of memory, device lost). Timing code calls it.
+    fn synchronize(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     // ---- memory -------------------------------------------------------
     fn zeros(&self, len: usize) -> Result<Self::Buf, BackendError>;
     fn upload(&self, data: &[f32]) -> Result<Self::Buf, BackendError>;

@@ -55,6 +55,9 @@ pub struct Model<B: Backend> {
     /// `[vocab, hidden]`; `None` when tied to the embedding.
     pub lm_head: Option<B::Buf>,
     cache: Option<KvCache<B>>,
+    /// Activation buffers of the last forward, reused while the token count
+    /// stays the same (every decode step), so decoding allocates nothing.
+    work: Option<Work<B>>,
     act_quant: ActQuant,
     /// Low-rank deltas (LoRA) per projection, applied in the order added.
     lora: std::collections::HashMap<(usize, Proj), Vec<LowRank<B>>>,
@@ -70,6 +73,75 @@ pub struct LowRank<B: Backend> {
 }
 
 /// Keys and values of every layer, `[ctx, n_kv_heads, head_dim]` each.
+/// Per-forward activation buffers for `n` tokens.
+struct Work<B: Backend> {
+    n: usize,
+    all_logits: bool,
+    /// The distinct LoRA ranks on the model, ascending.
+    lora_ranks: Vec<usize>,
+    ids: B::Ids,
+    pos: B::Ids,
+    x: B::Buf,
+    xn: B::Buf,
+    rstd: B::Buf,
+    q: B::Buf,
+    k: B::Buf,
+    v: B::Buf,
+    att: B::Buf,
+    att_n: B::Buf,
+    lse: B::Buf,
+    proj: B::Buf,
+    g: B::Buf,
+    u: B::Buf,
+    a: B::Buf,
+    a_n: B::Buf,
+    /// `[n, rank]` per entry of `lora_ranks` (LoRA's intermediate product).
+    t: Vec<B::Buf>,
+    last: B::Buf,
+    logits: B::Buf,
+}
+
+impl<B: Backend> Work<B> {
+    fn new(
+        b: &B,
+        cfg: &BitNetConfig,
+        n: usize,
+        all_logits: bool,
+        lora_ranks: Vec<usize>,
+    ) -> Result<Self, ModelError> {
+        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let rows = if all_logits { n } else { 1 };
+        Ok(Work {
+            n,
+            all_logits,
+            t: lora_ranks
+                .iter()
+                .map(|&r| b.zeros(n * r))
+                .collect::<Result<_, _>>()?,
+            lora_ranks,
+            ids: b.upload_ids(&vec![0; n])?,
+            pos: b.upload_ids(&vec![0; n])?,
+            x: b.zeros(n * h)?,
+            xn: b.zeros(n * h)?,
+            rstd: b.zeros(n)?,
+            q: b.zeros(n * qd)?,
+            k: b.zeros(n * kvd)?,
+            v: b.zeros(n * kvd)?,
+            att: b.zeros(n * qd)?,
+            att_n: b.zeros(n * qd)?,
+            lse: b.zeros(cfg.num_attention_heads * n)?,
+            proj: b.zeros(n * h)?,
+            g: b.zeros(n * f)?,
+            u: b.zeros(n * f)?,
+            a: b.zeros(n * f)?,
+            a_n: b.zeros(n * f)?,
+            last: b.zeros(h)?,
+            logits: b.zeros(rows * cfg.vocab_size)?,
+        })
+    }
+}
+
 struct KvCache<B: Backend> {
     k: Vec<B::Buf>,
     v: Vec<B::Buf>,
@@ -166,6 +238,7 @@ impl<B: Backend> Model<B> {
             norm: final_norm,
             lm_head,
             cache: None,
+            work: None,
             act_quant: ActQuant::default(),
             lora: std::collections::HashMap::new(),
         })
@@ -281,51 +354,45 @@ impl<B: Backend> Model<B> {
             });
         }
         let b = &self.backend;
-        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let mut lora_ranks: Vec<usize> = self.lora.values().flatten().map(|d| d.rank).collect();
+        lora_ranks.sort_unstable();
+        lora_ranks.dedup();
+        let mut work = match self.work.take() {
+            Some(w) if w.n == n && w.all_logits == all_logits && w.lora_ranks == lora_ranks => w,
+            // the old buffers are dropped before the new ones are allocated
+            _ => Work::new(b, cfg, n, all_logits, lora_ranks)?,
+        };
+        let w = &mut work;
+        let h = cfg.hidden_size;
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
-        let eps = cfg.rms_norm_eps;
+        let (eps, f) = (cfg.rms_norm_eps, cfg.intermediate_size);
         let act = cfg.hidden_act.activation();
         let act_quant = self.act_quant;
         let lora = &self.lora;
         let linear = |l: usize,
                       p: Proj,
-                      w: &B::Ternary,
+                      wt: &B::Ternary,
                       x: &B::Buf,
-                      y: &mut B::Buf|
-         -> Result<(), ModelError> {
+                      y: &mut B::Buf,
+                      ts: &mut Vec<B::Buf>,
+                      ranks: &[usize]| {
             match act_quant {
-                ActQuant::PerTokenInt8 => b.ternary_matmul(w, x, y, n),
-                ActQuant::None => b.ternary_matmul_float(w, x, y, n),
+                ActQuant::PerTokenInt8 => b.ternary_matmul(wt, x, y, n),
+                ActQuant::None => b.ternary_matmul_float(wt, x, y, n),
             }
             let (out, inp) = p.shape(cfg);
             for d in lora.get(&(l, p)).map_or(&[][..], Vec::as_slice) {
-                let mut t = b.zeros(n * d.rank)?;
-                b.matmul(x, &d.a, &mut t, gemm(n, inp, d.rank, true, 1.0, 0.0));
-                b.matmul(&t, &d.b, y, gemm(n, d.rank, out, true, d.scale, 1.0));
+                let t = &mut ts[ranks.binary_search(&d.rank).expect("rank has a buffer")];
+                b.matmul(x, &d.a, t, gemm(n, inp, d.rank, true, 1.0, 0.0));
+                b.matmul(t, &d.b, y, gemm(n, d.rank, out, true, d.scale, 1.0));
             }
-            Ok(())
         };
 
-        let ids = b.upload_ids(tokens)?;
+        b.write_ids(&mut w.ids, tokens);
         let positions: Vec<u32> = (n_past..n_past + n).map(|p| p as u32).collect();
-        let pos = b.upload_ids(&positions)?;
-        let mut x = b.zeros(n * h)?;
-        let mut xn = b.zeros(n * h)?;
-        let mut rstd = b.zeros(n)?;
-        let mut q = b.zeros(n * qd)?;
-        let mut k = b.zeros(n * kvd)?;
-        let mut v = b.zeros(n * kvd)?;
-        let mut att = b.zeros(n * qd)?;
-        let mut att_n = b.zeros(n * qd)?;
-        let mut lse = b.zeros(nh * n)?;
-        let mut proj = b.zeros(n * h)?;
-        let mut g = b.zeros(n * f)?;
-        let mut u = b.zeros(n * f)?;
-        let mut a = b.zeros(n * f)?;
-        let mut a_n = b.zeros(n * f)?;
-
-        b.embedding(&self.embed, &ids, &mut x, h);
+        b.write_ids(&mut w.pos, &positions);
+        b.embedding(&self.embed, &w.ids, &mut w.x, h);
         let dims = AttnDims {
             batch: 1,
             n_new: n,
@@ -336,51 +403,113 @@ impl<B: Backend> Model<B> {
             head_dim: hd,
         };
         for (l, layer) in self.layers.iter().enumerate() {
-            b.rmsnorm(&x, &layer.attn_norm, &mut xn, &mut rstd, n, h, eps);
-            linear(l, Proj::Q, &layer.q, &xn, &mut q)?;
-            linear(l, Proj::K, &layer.k, &xn, &mut k)?;
-            linear(l, Proj::V, &layer.v, &xn, &mut v)?;
-            b.rope(&mut q, &pos, n, nh, hd, cfg.rope_theta, false);
-            b.rope(&mut k, &pos, n, nkv, hd, cfg.rope_theta, false);
-            b.copy_range(&k, 0, &mut cache.k[l], n_past * kvd, n * kvd);
-            b.copy_range(&v, 0, &mut cache.v[l], n_past * kvd, n * kvd);
-            b.attention(&q, &cache.k[l], &cache.v[l], &mut att, &mut lse, dims);
+            b.rmsnorm(&w.x, &layer.attn_norm, &mut w.xn, &mut w.rstd, n, h, eps);
+            linear(
+                l,
+                Proj::Q,
+                &layer.q,
+                &w.xn,
+                &mut w.q,
+                &mut w.t,
+                &w.lora_ranks,
+            );
+            linear(
+                l,
+                Proj::K,
+                &layer.k,
+                &w.xn,
+                &mut w.k,
+                &mut w.t,
+                &w.lora_ranks,
+            );
+            linear(
+                l,
+                Proj::V,
+                &layer.v,
+                &w.xn,
+                &mut w.v,
+                &mut w.t,
+                &w.lora_ranks,
+            );
+            b.rope(&mut w.q, &w.pos, n, nh, hd, cfg.rope_theta, false);
+            b.rope(&mut w.k, &w.pos, n, nkv, hd, cfg.rope_theta, false);
+            b.copy_range(&w.k, 0, &mut cache.k[l], n_past * kvd, n * kvd);
+            b.copy_range(&w.v, 0, &mut cache.v[l], n_past * kvd, n * kvd);
+            b.attention(&w.q, &cache.k[l], &cache.v[l], &mut w.att, &mut w.lse, dims);
             b.rmsnorm(
-                &att,
+                &w.att,
                 &layer.attn_sub_norm,
-                &mut att_n,
-                &mut rstd,
+                &mut w.att_n,
+                &mut w.rstd,
                 n,
                 qd,
                 eps,
             );
-            linear(l, Proj::O, &layer.o, &att_n, &mut proj)?;
-            b.axpy(1.0, &proj, &mut x);
+            linear(
+                l,
+                Proj::O,
+                &layer.o,
+                &w.att_n,
+                &mut w.proj,
+                &mut w.t,
+                &w.lora_ranks,
+            );
+            b.axpy(1.0, &w.proj, &mut w.x);
 
-            b.rmsnorm(&x, &layer.ffn_norm, &mut xn, &mut rstd, n, h, eps);
-            linear(l, Proj::Gate, &layer.gate, &xn, &mut g)?;
-            linear(l, Proj::Up, &layer.up, &xn, &mut u)?;
-            b.gate(&g, &u, &mut a, act);
-            b.rmsnorm(&a, &layer.ffn_sub_norm, &mut a_n, &mut rstd, n, f, eps);
-            linear(l, Proj::Down, &layer.down, &a_n, &mut proj)?;
-            b.axpy(1.0, &proj, &mut x);
+            b.rmsnorm(&w.x, &layer.ffn_norm, &mut w.xn, &mut w.rstd, n, h, eps);
+            linear(
+                l,
+                Proj::Gate,
+                &layer.gate,
+                &w.xn,
+                &mut w.g,
+                &mut w.t,
+                &w.lora_ranks,
+            );
+            linear(
+                l,
+                Proj::Up,
+                &layer.up,
+                &w.xn,
+                &mut w.u,
+                &mut w.t,
+                &w.lora_ranks,
+            );
+            b.gate(&w.g, &w.u, &mut w.a, act);
+            b.rmsnorm(
+                &w.a,
+                &layer.ffn_sub_norm,
+                &mut w.a_n,
+                &mut w.rstd,
+                n,
+                f,
+                eps,
+            );
+            linear(
+                l,
+                Proj::Down,
+                &layer.down,
+                &w.a_n,
+                &mut w.proj,
+                &mut w.t,
+                &w.lora_ranks,
+            );
+            b.axpy(1.0, &w.proj, &mut w.x);
         }
         cache.len += n;
-        b.rmsnorm(&x, &self.norm, &mut xn, &mut rstd, n, h, eps);
+        b.rmsnorm(&w.x, &self.norm, &mut w.xn, &mut w.rstd, n, h, eps);
         let rows = if all_logits { n } else { 1 };
         let last = if all_logits {
-            xn
+            &w.xn
         } else {
-            let mut last = b.zeros(h)?;
-            b.copy_range(&xn, (n - 1) * h, &mut last, 0, h);
-            last
+            b.copy_range(&w.xn, (n - 1) * h, &mut w.last, 0, h);
+            &w.last
         };
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let mut logits = b.zeros(rows * cfg.vocab_size)?;
         b.matmul(
-            &last,
+            last,
             head,
-            &mut logits,
+            &mut w.logits,
             Gemm {
                 m: rows,
                 k: h,
@@ -391,7 +520,9 @@ impl<B: Backend> Model<B> {
                 beta: 0.0,
             },
         );
-        Ok(b.download(&logits)?)
+        let out = b.download(&w.logits);
+        self.work = Some(work);
+        Ok(out?)
     }
 }
 

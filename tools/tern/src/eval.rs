@@ -5,10 +5,12 @@
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::time::Instant;
-use tern_backend::Cpu;
+use tern_backend::Backend;
 use tern_model::source::ModelSource;
 use tern_model::Model;
-use tern_synth::{exact_match_as, read_examples, Format, TaskKind};
+use tern_synth::{exact_match_as, read_examples, Example, Format, TaskKind};
+
+use crate::backend::{BackendArgs, Job};
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -41,9 +43,8 @@ pub struct EvalArgs {
     /// Also write the score (per task, with sample generations) as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// CPU threads (default: all cores).
-    #[arg(long, short = 't')]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
 }
 
 pub fn run(a: &EvalArgs) -> Result<()> {
@@ -73,12 +74,24 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         bail!("{}: no examples to score", a.data.display());
     }
 
+    struct J<'a>(&'a EvalArgs, Vec<Example>, Format);
+    impl Job for J<'_> {
+        type Out = ();
+        fn run<B: Backend + 'static>(self, backend: B) -> Result<()> {
+            score_on(self.0, &self.1, self.2, backend)
+        }
+    }
+    a.backend.run(J(a, examples, format))
+}
+
+fn score_on<B: Backend>(
+    a: &EvalArgs,
+    examples: &[Example],
+    format: Format,
+    backend: B,
+) -> Result<()> {
     let src = ModelSource::open(&a.model).with_context(|| format!("loading model {}", a.model))?;
     let tok = src.tokenizer(a.tokenizer.as_deref())?;
-    let backend = match a.threads {
-        Some(n) => Cpu::with_threads(n),
-        None => Cpu::new(),
-    };
     let mut model = Model::load(backend, src.weights())?;
     for path in &a.lora {
         let ad = crate::run::load_adapter(path, &model.cfg)?;
@@ -86,7 +99,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         eprintln!("applied LoRA {}", path.display());
     }
     let t = Instant::now();
-    let score = exact_match_as(&mut model, &tok, &examples, format, a.max_new)?;
+    let score = exact_match_as(&mut model, &tok, examples, format, a.max_new)?;
     eprintln!(
         "scored {} examples in {:.1} s",
         score.total,

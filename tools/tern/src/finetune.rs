@@ -1,8 +1,8 @@
-//! `tern finetune`: LoRA fine-tuning on the CPU.
+//! `tern finetune`: LoRA fine-tuning on the CPU or a GPU (`--backend wgpu`).
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
-use tern_backend::Cpu;
+use tern_backend::Backend;
 use tern_lora::data::{DataOptions, Dataset, ValidationSplit};
 use tern_lora::finetune::{finetune, latest_checkpoint, FinetuneOptions, Warmup};
 use tern_lora::schedule::ScheduleKind;
@@ -11,6 +11,7 @@ use tern_model::model::ActQuant;
 use tern_model::source::ModelSource;
 use tern_model::Model;
 
+use crate::backend::{BackendArgs, Job};
 use crate::run::load_adapter;
 
 /// Flags follow llama.cpp's `llama-finetune-lora` where it has one.
@@ -97,21 +98,27 @@ pub struct FinetuneArgs {
     /// Loss curve as SVG (default: CHECKPOINT_SAVE_DIR/loss.svg).
     #[arg(long)]
     pub loss_curve: Option<PathBuf>,
-    /// CPU threads (default: all cores).
-    #[arg(long, short = 't')]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
 }
 
 pub fn run(a: &FinetuneArgs) -> Result<()> {
+    struct J<'a>(&'a FinetuneArgs);
+    impl Job for J<'_> {
+        type Out = ();
+        fn run<B: Backend + 'static>(self, backend: B) -> Result<()> {
+            run_on(self.0, backend)
+        }
+    }
+    a.backend.run(J(a))
+}
+
+fn run_on<B: Backend>(a: &FinetuneArgs, backend: B) -> Result<()> {
     let src = ModelSource::open(&a.model).with_context(|| format!("loading model {}", a.model))?;
     let tok = src.tokenizer(a.tokenizer.as_deref())?;
-    let backend = match a.threads {
-        Some(n) => Cpu::with_threads(n),
-        None => Cpu::new(),
-    };
     let model = Model::load(backend, src.weights())?;
     let cfg = model.cfg.clone();
     if tok.vocab_size() > cfg.vocab_size {

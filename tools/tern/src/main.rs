@@ -5,6 +5,8 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 mod adapters;
+mod backend;
+mod bench;
 mod convert;
 mod eval;
 mod finetune;
@@ -49,6 +51,14 @@ enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Fold LoRA adapters into a model and write it as an f16/f32 GGUF.
     Merge(adapters::MergeArgs),
+    /// Prefill, decode and LoRA training speed and peak memory of a model.
+    Bench(Box<bench::BenchArgs>),
+    /// The CPU and GPU adapters tern can use, with the GPU's limits and features.
+    Info {
+        /// wgpu: describe the adapter whose name contains this text.
+        #[arg(long)]
+        gpu: Option<String>,
+    },
     /// Work with LoRA adapters.
     Adapters {
         #[command(subcommand)]
@@ -76,6 +86,50 @@ fn main() -> Result<()> {
         Command::Eval(a) => eval::run(&a)?,
         Command::Merge(a) => adapters::merge(&a)?,
         Command::Adapters { command } => adapters::run(&command)?,
+        Command::Bench(a) => bench::run(&a)?,
+        Command::Info { gpu } => info(gpu)?,
     }
+    Ok(())
+}
+
+/// `tern info`.
+fn info(gpu: Option<String>) -> Result<()> {
+    use tern_backend::Backend;
+    println!("tern {}", env!("CARGO_PKG_VERSION"));
+    println!("cpu: {}", tern_backend::Cpu::new().name());
+    let adapters = tern_wgpu::list_adapters();
+    if adapters.is_empty() {
+        println!("wgpu: no adapter (install a Vulkan driver; without a GPU: mesa-vulkan-drivers)");
+        return Ok(());
+    }
+    println!("wgpu adapters:");
+    for a in &adapters {
+        println!("  {a}");
+    }
+    let b = backend::open_wgpu(gpu)?;
+    let r = b.report();
+    println!("chosen: {}", b.name());
+    println!(
+        "  device type: {}, driver: {} {}",
+        r.device_type, r.driver, r.driver_info
+    );
+    println!("  subgroup size: {}..{}", r.subgroup_min, r.subgroup_max);
+    println!(
+        "  max storage binding: {} bytes ({} MiB); max buffer: {} bytes ({} MiB)",
+        r.max_storage_binding,
+        r.max_storage_binding >> 20,
+        r.max_buffer,
+        r.max_buffer >> 20
+    );
+    println!(
+        "  workgroup memory: {} bytes; invocations per workgroup: {}",
+        r.max_workgroup_storage, r.max_invocations
+    );
+    println!(
+        "  shader f16: {}; subgroups: {}",
+        if r.shader_f16 { "yes" } else { "no" },
+        if r.subgroups { "yes" } else { "no" }
+    );
+    println!("  features: {}", r.features);
     Ok(())
 }

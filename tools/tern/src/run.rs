@@ -4,12 +4,14 @@ use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tern_backend::Cpu;
+use tern_backend::Backend;
 use tern_model::model::ActQuant;
 use tern_model::sample::{Sampler, SamplerConfig};
 use tern_model::source::ModelSource;
 use tern_model::tokenizer::StreamDecoder;
 use tern_model::Model;
+
+use crate::backend::{BackendArgs, Job};
 
 /// Options shared by the commands that run a model.
 #[derive(clap::Args, Debug)]
@@ -21,9 +23,8 @@ pub struct ModelArgs {
     /// tokenizer.json to use instead of the one the model carries.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// CPU threads (default: all cores).
-    #[arg(long, short = 't')]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// Context length for the KV cache (default: the model's maximum).
     #[arg(long)]
     pub ctx: Option<usize>,
@@ -59,13 +60,9 @@ impl From<ActQuantArg> for ActQuant {
 }
 
 impl ModelArgs {
-    fn load(&self) -> Result<(ModelSource, Model<Cpu>)> {
+    fn load<B: Backend>(&self, backend: B) -> Result<(ModelSource, Model<B>)> {
         let src = ModelSource::open(&self.model)
             .with_context(|| format!("loading model {}", self.model))?;
-        let backend = match self.threads {
-            Some(n) => Cpu::with_threads(n),
-            None => Cpu::new(),
-        };
         let t = Instant::now();
         let mut model = Model::load(backend, src.weights())?;
         model.set_activation_quant(self.act_quant.into());
@@ -97,7 +94,7 @@ impl ModelArgs {
             model.cfg.num_hidden_layers,
             model.cfg.hidden_size,
             t.elapsed().as_secs_f64(),
-            tern_backend::Backend::name(&model.backend)
+            model.backend.name()
         );
         if self.act_quant == ActQuantArg::None {
             eprintln!(
@@ -161,7 +158,18 @@ pub struct GenerateArgs {
 }
 
 pub fn generate(a: &GenerateArgs) -> Result<()> {
-    let (src, mut model) = a.model.load()?;
+    struct J<'a>(&'a GenerateArgs);
+    impl Job for J<'_> {
+        type Out = ();
+        fn run<B: Backend + 'static>(self, backend: B) -> Result<()> {
+            generate_on(self.0, backend)
+        }
+    }
+    a.model.backend.run(J(a))
+}
+
+fn generate_on<B: Backend>(a: &GenerateArgs, backend: B) -> Result<()> {
+    let (src, mut model) = a.model.load(backend)?;
     let max_ctx = model
         .cfg
         .max_position_embeddings
@@ -261,7 +269,18 @@ pub struct LogitsArgs {
 }
 
 pub fn logits(a: &LogitsArgs) -> Result<()> {
-    let (src, mut model) = a.model.load()?;
+    struct J<'a>(&'a LogitsArgs);
+    impl Job for J<'_> {
+        type Out = ();
+        fn run<B: Backend + 'static>(self, backend: B) -> Result<()> {
+            logits_on(self.0, backend)
+        }
+    }
+    a.model.backend.run(J(a))
+}
+
+fn logits_on<B: Backend>(a: &LogitsArgs, backend: B) -> Result<()> {
+    let (src, mut model) = a.model.load(backend)?;
     let tokens = match (&a.tokens, &a.prompt) {
         (Some(t), _) => parse_tokens(t)?,
         (None, Some(p)) => src

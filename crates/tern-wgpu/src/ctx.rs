@@ -1,0 +1,830 @@
+//! The device runtime under every op: adapter selection, buffers, the
+//! pipeline cache, lazy command recording, binding windows for tensors larger
+//! than one storage binding, and error capture (out of memory, device lost).
+//!
+//! Recording model: ops append dispatches to one open compute pass; nothing
+//! reaches the GPU until a download (or a full parameter arena) flushes the
+//! encoder with one `queue.submit`. Each dispatch gets its own 256-byte slot in
+//! a uniform parameter arena written once per submission, so parameters never
+//! race with in-flight work. Host-to-device writes are recorded as copies from
+//! a staging buffer in the same encoder, which keeps them in program order
+//! with the dispatches around them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tern_backend::BackendError;
+
+/// Parameter slot size (the largest `min_uniform_buffer_offset_alignment`
+/// WebGPU allows).
+pub(crate) const SLOT: u64 = 256;
+/// Slots in one parameter arena; a full arena flushes the encoder.
+const SLOTS: u64 = 8192;
+/// Threads per workgroup of the element-wise kernels.
+pub(crate) const WG: u32 = 256;
+
+/// Bind groups kept for reuse before the cache starts over.
+const BIND_GROUP_CACHE: usize = 16384;
+
+/// A compiled kernel: its pipeline and bind group layout.
+pub(crate) struct Kernel {
+    pub pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+    id: usize,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct BindKey {
+    kernel: usize,
+    views: Vec<(wgpu::Buffer, u64, u64)>,
+}
+
+/// `(binding, read_only)` of every `var<storage, ...>` declaration in a
+/// WGSL source (group 0), with `//` comments removed first.
+fn storage_bindings(code: &str) -> Vec<(u32, bool)> {
+    let text: String = code
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut out = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("@binding(") {
+        rest = &rest[at + 9..];
+        let Some(close) = rest.find(')') else { break };
+        let Ok(binding) = rest[..close].trim().parse::<u32>() else {
+            continue;
+        };
+        // the declaration this attribute belongs to ends at the next ';'
+        let decl = &rest[..rest.find(';').unwrap_or(rest.len())];
+        if let Some(v) = decl.find("var<storage") {
+            let access = &decl[v..decl[v..].find('>').map_or(decl.len(), |e| v + e)];
+            out.push((binding, !access.contains("read_write")));
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// How to pick and configure the adapter.
+#[derive(Clone, Debug, Default)]
+pub struct WgpuOptions {
+    /// Use the adapter whose name contains this text (case-insensitive).
+    pub adapter: Option<String>,
+    /// Ask for the fallback (software) adapter, e.g. Mesa lavapipe.
+    pub force_fallback: bool,
+    /// Pretend the device allows at most this many bytes per storage binding
+    /// (lower than the real limit only). Tests use it to drive every op
+    /// through its split path with small tensors.
+    pub max_binding: Option<u64>,
+    /// Do not use f16 arithmetic even when the adapter offers SHADER_F16.
+    pub no_f16: bool,
+}
+
+/// A summary of the chosen adapter for `tern info`.
+#[derive(Clone, Debug)]
+pub struct AdapterReport {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub subgroup_min: u32,
+    pub subgroup_max: u32,
+    pub max_storage_binding: u64,
+    pub max_buffer: u64,
+    pub max_workgroup_storage: u32,
+    pub max_invocations: u32,
+    pub effective_binding: u64,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub features: String,
+}
+
+/// A region of a device buffer bound to one shader binding.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    pub buf: &'a wgpu::Buffer,
+    /// Byte offset (a multiple of the storage offset alignment).
+    pub offset: u64,
+    /// Byte size (a multiple of 4, at least 4).
+    pub size: u64,
+}
+
+struct Recording {
+    encoder: wgpu::CommandEncoder,
+    pass: Option<wgpu::ComputePass<'static>>,
+    params: Vec<u8>,
+    dispatches: usize,
+}
+
+pub(crate) struct Ctx {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    /// Effective bytes per storage binding (device limit or the test override).
+    pub max_binding: u64,
+    /// Storage buffer offset alignment in bytes.
+    pub align: u64,
+    pub f16: bool,
+    pipelines: Mutex<HashMap<String, Arc<Kernel>>>,
+    bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
+    pub dropped: Arc<Mutex<Vec<wgpu::Buffer>>>,
+    rec: Mutex<Option<Recording>>,
+    scratch: Mutex<HashMap<String, wgpu::Buffer>>,
+    param_buf: wgpu::Buffer,
+    /// The first asynchronous error (uncaptured validation/OOM, device lost).
+    error: Arc<Mutex<Option<BackendError>>>,
+    /// Why the device was lost (sticky: every later call reports it).
+    lost: Arc<Mutex<Option<String>>>,
+    /// Bytes allocated from the device for tern's buffers (in use or
+    /// pooled), and the peak.
+    pub mem: Arc<Mutex<(u64, u64)>>,
+    /// Freed buffers by size, reused by the next allocation of that size:
+    /// training allocates the same activation buffers every step, and a
+    /// reused buffer keeps its cached bind groups.
+    pub pool: Arc<Mutex<HashMap<u64, Vec<wgpu::Buffer>>>>,
+}
+
+fn backend_name(info: &wgpu::AdapterInfo) -> String {
+    format!("wgpu: {} ({:?})", info.name, info.backend)
+}
+
+impl Ctx {
+    pub fn new(opts: &WgpuOptions) -> Result<Ctx, String> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = desc_backends();
+        let instance = wgpu::Instance::new(desc);
+        let adapters = pollster::block_on(instance.enumerate_adapters(desc_backends()));
+        if adapters.is_empty() {
+            return Err(
+                "no GPU adapter found (Vulkan, Metal or DX12); on Linux without a GPU install \
+                 Mesa's lavapipe: apt-get install -y mesa-vulkan-drivers libvulkan1"
+                    .to_string(),
+            );
+        }
+        let names: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+            })
+            .collect();
+        let pick = if let Some(want) = &opts.adapter {
+            let want = want.to_lowercase();
+            adapters
+                .into_iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&want))
+                .ok_or_else(|| {
+                    format!(
+                        "no adapter matches {:?}; available: {}",
+                        opts.adapter.as_deref().unwrap_or(""),
+                        names.join("; ")
+                    )
+                })?
+        } else if opts.force_fallback {
+            adapters
+                .into_iter()
+                .find(|a| a.get_info().device_type == wgpu::DeviceType::Cpu)
+                .ok_or_else(|| {
+                    format!(
+                        "no fallback (software) adapter; available: {}",
+                        names.join("; ")
+                    )
+                })?
+        } else {
+            // Discrete, then integrated, then anything else.
+            let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
+                wgpu::DeviceType::DiscreteGpu => 0,
+                wgpu::DeviceType::IntegratedGpu => 1,
+                wgpu::DeviceType::VirtualGpu => 2,
+                wgpu::DeviceType::Other => 3,
+                wgpu::DeviceType::Cpu => 4,
+            };
+            let mut v = adapters;
+            v.sort_by_key(rank);
+            v.into_iter().next().expect("non-empty")
+        };
+        let info = pick.get_info();
+        let adapter_limits = pick.limits();
+        let adapter_features = pick.features();
+        let mut want = wgpu::Features::empty();
+        let f16 = adapter_features.contains(wgpu::Features::SHADER_F16) && !opts.no_f16;
+        if f16 {
+            want |= wgpu::Features::SHADER_F16;
+        }
+        if adapter_features.contains(wgpu::Features::SUBGROUP) {
+            want |= wgpu::Features::SUBGROUP;
+        }
+        // Ask for everything the adapter offers: buffer sizes, workgroup
+        // storage and invocation counts are what large models need.
+        let (device, queue) = pollster::block_on(pick.request_device(&wgpu::DeviceDescriptor {
+            label: Some("tern"),
+            required_features: want,
+            required_limits: adapter_limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| format!("{}: could not open the device: {e}", info.name))?;
+        let limits = device.limits();
+        let features = device.features();
+        let align = limits.min_storage_buffer_offset_alignment.max(4) as u64;
+        let mut max_binding = limits.max_storage_buffer_binding_size;
+        if let Some(m) = opts.max_binding {
+            max_binding = max_binding.min(m.max(2 * align));
+        }
+        max_binding -= max_binding % align;
+
+        let error: Arc<Mutex<Option<BackendError>>> = Arc::new(Mutex::new(None));
+        let name = backend_name(&info);
+        {
+            let error = error.clone();
+            let name = name.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                let mut slot = error.lock().unwrap_or_else(|p| p.into_inner());
+                if slot.is_none() {
+                    *slot = Some(match e {
+                        wgpu::Error::OutOfMemory { .. } => BackendError::OutOfMemory {
+                            backend: name.clone(),
+                            what: "a device operation".into(),
+                            bytes: 0,
+                        },
+                        other => BackendError::DeviceLost {
+                            backend: name.clone(),
+                            reason: format!("device error: {other}"),
+                        },
+                    });
+                }
+            }));
+        }
+        let lost: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        {
+            let lost = lost.clone();
+            device.set_device_lost_callback(move |reason, msg| {
+                let mut slot = lost.lock().unwrap_or_else(|p| p.into_inner());
+                if slot.is_none() {
+                    *slot = Some(format!("{reason:?}: {msg}"));
+                }
+            });
+        }
+        let param_buf = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tern params"),
+            size: SLOT * SLOTS,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(Ctx {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            max_binding,
+            align,
+            f16,
+            pipelines: Mutex::new(HashMap::new()),
+            bind_groups: Mutex::new(HashMap::new()),
+            dropped: Arc::new(Mutex::new(Vec::new())),
+            rec: Mutex::new(None),
+            scratch: Mutex::new(HashMap::new()),
+            param_buf,
+            error,
+            lost,
+            mem: Arc::new(Mutex::new((0, 0))),
+            pool: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    pub fn name(&self) -> String {
+        backend_name(&self.info)
+    }
+
+    pub fn report(&self) -> AdapterReport {
+        AdapterReport {
+            name: self.info.name.clone(),
+            backend: format!("{:?}", self.info.backend),
+            device_type: format!("{:?}", self.info.device_type),
+            driver: self.info.driver.clone(),
+            driver_info: self.info.driver_info.clone(),
+            subgroup_min: self.info.subgroup_min_size,
+            subgroup_max: self.info.subgroup_max_size,
+            max_storage_binding: self.limits.max_storage_buffer_binding_size,
+            max_buffer: self.limits.max_buffer_size,
+            max_workgroup_storage: self.limits.max_compute_workgroup_storage_size,
+            max_invocations: self.limits.max_compute_invocations_per_workgroup,
+            effective_binding: self.max_binding,
+            shader_f16: self.f16,
+            subgroups: self.features.contains(wgpu::Features::SUBGROUP),
+            features: format!("{:?}", self.features),
+        }
+    }
+
+    /// The pending asynchronous error, if any: a lost device (reported by
+    /// every call from then on), else the first captured error (taken).
+    pub fn take_error(&self) -> Option<BackendError> {
+        if let Some(reason) = self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Some(self.lost(reason));
+        }
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    fn lost(&self, reason: String) -> BackendError {
+        BackendError::DeviceLost {
+            backend: self.name(),
+            reason,
+        }
+    }
+
+    // ---- buffers ------------------------------------------------------------
+
+    /// A storage buffer of `bytes` (at least 4): a pooled buffer of that
+    /// size (`true`: its contents are stale) or a fresh zeroed one (`false`).
+    pub fn buffer(&self, what: &str, bytes: u64) -> Result<(wgpu::Buffer, bool), BackendError> {
+        let size = bytes.max(4).next_multiple_of(4);
+        if let Some(e) = self.is_lost().then(|| self.take_error()).flatten() {
+            return Err(e);
+        }
+        if let Some(b) = self
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&size)
+            .and_then(Vec::pop)
+        {
+            return Ok((b, true));
+        }
+        match self.fresh(what, size) {
+            Err(BackendError::OutOfMemory { .. }) if self.trim_pool() > 0 => {
+                self.fresh(what, size).map(|b| (b, false))
+            }
+            r => r.map(|b| (b, false)),
+        }
+    }
+
+    /// Give every pooled buffer back to the device; returns the bytes freed.
+    pub fn trim_pool(&self) -> u64 {
+        let free: Vec<wgpu::Buffer> = self
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .flat_map(|(_, v)| v)
+            .collect();
+        let bytes: u64 = free.iter().map(wgpu::Buffer::size).sum();
+        let mut m = self.mem.lock().unwrap_or_else(|p| p.into_inner());
+        m.0 = m.0.saturating_sub(bytes);
+        drop(m);
+        self.dropped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(free);
+        bytes
+    }
+
+    fn fresh(&self, what: &str, size: u64) -> Result<wgpu::Buffer, BackendError> {
+        if size > self.limits.max_buffer_size {
+            return Err(BackendError::Limit {
+                backend: self.name(),
+                what: format!("buffer for {what}"),
+                needed: size,
+                limit: self.limits.max_buffer_size,
+            });
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(what),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(BackendError::OutOfMemory {
+                backend: self.name(),
+                what: format!("{what} ({e})"),
+                bytes: size,
+            });
+        }
+        let mut m = self.mem.lock().unwrap_or_else(|p| p.into_inner());
+        m.0 += size;
+        m.1 = m.1.max(m.0);
+        Ok(buf)
+    }
+
+    /// A scratch storage buffer of at least `bytes`, kept under `key` and
+    /// reused by later calls (grown when too small). Dispatches are ordered,
+    /// so an op may reuse the scratch of an earlier op freely; within one op,
+    /// use distinct keys for buffers that must coexist.
+    pub fn scratch(&self, key: &str, bytes: u64) -> Result<wgpu::Buffer, BackendError> {
+        let mut cache = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = cache.get(key) {
+            if b.size() >= bytes {
+                return Ok(b.clone());
+            }
+        }
+        let size = bytes
+            .max(4)
+            .next_power_of_two()
+            .min(self.limits.max_buffer_size);
+        let buf = self.fresh(key, size.max(bytes).next_multiple_of(4))?;
+        if let Some(old) = cache.insert(key.to_string(), buf.clone()) {
+            let mut m = self.mem.lock().unwrap_or_else(|p| p.into_inner());
+            m.0 = m.0.saturating_sub(old.size());
+            self.dropped
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(old);
+        }
+        Ok(buf)
+    }
+
+    /// Record a copy of `data` into `dst` at byte `offset`, in program order.
+    pub fn write_bytes(&self, dst: &wgpu::Buffer, offset: u64, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        assert!(
+            offset % 4 == 0 && data.len() % 4 == 0,
+            "write_bytes: unaligned"
+        );
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tern upload"),
+            size: data.len() as u64,
+            usage: wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
+        match staging.slice(..).get_mapped_range_mut() {
+            Ok(mut view) => view.copy_from_slice(data),
+            // Only a lost or failed device refuses a fresh mapping; the
+            // error is reported by the next download.
+            Err(e) => {
+                let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert(self.lost(format!("upload mapping: {e}")));
+                return;
+            }
+        }
+        staging.unmap();
+        self.with_encoder(|enc| {
+            enc.copy_buffer_to_buffer(&staging, 0, dst, offset, data.len() as u64)
+        });
+    }
+
+    /// Record a device-side copy of `bytes` bytes.
+    pub fn copy_bytes(
+        &self,
+        src: &wgpu::Buffer,
+        so: u64,
+        dst: &wgpu::Buffer,
+        dof: u64,
+        bytes: u64,
+    ) {
+        if bytes == 0 {
+            return;
+        }
+        self.with_encoder(|enc| enc.copy_buffer_to_buffer(src, so, dst, dof, bytes));
+    }
+
+    /// Read `bytes` bytes from byte `offset` of `src` (flushes and waits).
+    pub fn read_bytes(
+        &self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<Vec<u8>, BackendError> {
+        if bytes == 0 {
+            self.flush();
+            self.wait()?;
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tern download"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.with_encoder(|enc| enc.copy_buffer_to_buffer(src, offset, &staging, 0, bytes));
+        self.flush();
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        match rx.try_recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(self
+                    .take_error()
+                    .unwrap_or(self.lost(format!("map failed: {e}"))))
+            }
+            Err(_) => {
+                return Err(self
+                    .take_error()
+                    .unwrap_or(self.lost("the download never completed".into())))
+            }
+        }
+        let out = match staging.slice(..).get_mapped_range() {
+            Ok(view) => view.to_vec(),
+            Err(e) => return Err(self.lost(format!("download mapping: {e}"))),
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Wait for all submitted work; reports asynchronous errors.
+    pub fn wait(&self) -> Result<(), BackendError> {
+        if let Err(e) = self.device.poll(wgpu::PollType::Wait {
+            submission_index: None,
+            timeout: None,
+        }) {
+            return Err(self.take_error().unwrap_or(self.lost(format!("{e}"))));
+        }
+        match self.take_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    // ---- recording ----------------------------------------------------------
+
+    fn open(&self) -> Recording {
+        Recording {
+            encoder: self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("tern"),
+                }),
+            pass: None,
+            params: Vec::new(),
+            dispatches: 0,
+        }
+    }
+
+    fn with_encoder(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
+        let mut guard = self.rec.lock().unwrap_or_else(|p| p.into_inner());
+        let rec = guard.get_or_insert_with(|| self.open());
+        rec.pass = None; // end the open compute pass before a copy
+        f(&mut rec.encoder);
+    }
+
+    /// Submit everything recorded so far.
+    pub fn flush(&self) {
+        let rec = self.rec.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut rec) = rec {
+            rec.pass = None;
+            if !rec.params.is_empty() {
+                self.queue.write_buffer(&self.param_buf, 0, &rec.params);
+            }
+            self.queue.submit([rec.encoder.finish()]);
+        }
+    }
+
+    /// The compute pipeline for `src` (cached under `key`). The shader's
+    /// entry point is `main`; its bind group 0 holds the parameters at
+    /// binding 0 (uniform) and the storage buffers at bindings 1.. in the
+    /// order the op passes them (`var<storage, read>` or `read_write`).
+    pub fn pipeline(&self, key: &str, src: impl FnOnce() -> String) -> Arc<Kernel> {
+        let mut cache = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = cache.get(key) {
+            return p.clone();
+        }
+        let mut code = String::new();
+        if self.f16 {
+            code.push_str("enable f16;\n");
+        }
+        code.push_str(&src());
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(key),
+                source: wgpu::ShaderSource::Wgsl(code.as_str().into()),
+            });
+        // An explicit layout: the parameter slot is a dynamic offset into the
+        // arena, so a bind group can be reused across dispatches and tokens.
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: true,
+                min_binding_size: None,
+            },
+            count: None,
+        }];
+        for (binding, read_only) in storage_bindings(&code) {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(key),
+                entries: &entries,
+            });
+        let pl = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(key),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(key),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        let k = Arc::new(Kernel {
+            pipeline,
+            layout,
+            id: cache.len(),
+        });
+        cache.insert(key.to_string(), k.clone());
+        k
+    }
+
+    /// Record one dispatch of `k` with uniform parameters `params` (32-bit
+    /// words; f32 as bits) and the storage `views` at bindings 1.. .
+    pub fn dispatch(&self, k: &Kernel, params: &[u32], views: &[View<'_>], groups: [u32; 3]) {
+        if groups.contains(&0) {
+            return;
+        }
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        assert!(
+            groups.iter().all(|&g| g <= max),
+            "dispatch {groups:?} exceeds {max} workgroups per dimension"
+        );
+        assert!(params.len() * 4 <= SLOT as usize, "too many parameters");
+        let mut guard = self.rec.lock().unwrap_or_else(|p| p.into_inner());
+        if guard
+            .as_ref()
+            .is_some_and(|r| r.params.len() as u64 + SLOT > SLOT * SLOTS)
+        {
+            drop(guard);
+            self.flush();
+            guard = self.rec.lock().unwrap_or_else(|p| p.into_inner());
+        }
+        let rec = guard.get_or_insert_with(|| self.open());
+        let slot = rec.params.len() as u32;
+        let mut words = params.to_vec();
+        words.resize(SLOT as usize / 4, 0);
+        rec.params.extend_from_slice(bytemuck::cast_slice(&words));
+        let bg = self.bind_group(k, views);
+        if rec.pass.is_none() {
+            let pass = rec
+                .encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: None,
+                })
+                .forget_lifetime();
+            rec.pass = Some(pass);
+        }
+        let pass = rec.pass.as_mut().expect("open pass");
+        pass.set_pipeline(&k.pipeline);
+        pass.set_bind_group(0, &bg, &[slot]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        rec.dispatches += 1;
+    }
+
+    /// The bind group of `views` for `k`, from the cache when the same
+    /// buffers and ranges were bound before (decode binds the same buffers
+    /// every token). Entries holding a dropped buffer are purged first, so
+    /// the cache never keeps freed memory alive for long.
+    fn bind_group(&self, k: &Kernel, views: &[View<'_>]) -> wgpu::BindGroup {
+        let key = BindKey {
+            kernel: k.id,
+            views: views
+                .iter()
+                .map(|v| (v.buf.clone(), v.offset, v.size))
+                .collect(),
+        };
+        let mut cache = self.bind_groups.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut dropped = self.dropped.lock().unwrap_or_else(|p| p.into_inner());
+            if !dropped.is_empty() {
+                cache.retain(|key, _| !key.views.iter().any(|(b, _, _)| dropped.contains(b)));
+                dropped.clear();
+            }
+        }
+        if let Some(bg) = cache.get(&key) {
+            return bg.clone();
+        }
+        if cache.len() >= BIND_GROUP_CACHE {
+            cache.clear();
+        }
+        let mut entries = Vec::with_capacity(views.len() + 1);
+        entries.push(wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.param_buf,
+                offset: 0,
+                size: std::num::NonZeroU64::new(SLOT),
+            }),
+        });
+        for (i, v) in views.iter().enumerate() {
+            debug_assert!(v.offset % self.align == 0 && v.size <= self.max_binding);
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: v.buf,
+                    offset: v.offset,
+                    size: std::num::NonZeroU64::new(v.size),
+                }),
+            });
+        }
+        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &k.layout,
+            entries: &entries,
+        });
+        cache.insert(key, bg.clone());
+        bg
+    }
+
+    // ---- windows --------------------------------------------------------------
+
+    /// Largest number of 4-byte elements one window may cover, leaving room
+    /// for an unaligned start.
+    pub fn window_elems(&self) -> usize {
+        ((self.max_binding - self.align) / 4) as usize
+    }
+
+    /// A binding over elements `[start, start + n)` of `buf` (4-byte
+    /// elements): the view starts at the aligned offset at or below `start`,
+    /// and the returned shift is `start` minus the view's first element.
+    /// `n` must not exceed [`Ctx::window_elems`].
+    pub fn view<'a>(&self, buf: &'a wgpu::Buffer, start: usize, n: usize) -> (View<'a>, u32) {
+        assert!(
+            n <= self.window_elems(),
+            "view of {n} elements exceeds a window"
+        );
+        let byte = start as u64 * 4;
+        let base = byte - byte % self.align;
+        let shift = ((byte - base) / 4) as u32;
+        let size = ((shift as u64 + n.max(1) as u64) * 4).min(buf.size() - base);
+        (
+            View {
+                buf,
+                offset: base,
+                size,
+            },
+            shift,
+        )
+    }
+
+    /// Workgroup grid for `groups` workgroups (2-D when more than the
+    /// per-dimension limit); kernels linearize with `wg.y * nwg.x + wg.x`.
+    pub fn grid(&self, groups: u32) -> [u32; 3] {
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if groups <= max {
+            [groups, 1, 1]
+        } else {
+            let y = groups.div_ceil(max);
+            [groups.div_ceil(y), y, 1]
+        }
+    }
+}
+
+/// Every adapter wgpu can see, one line each (`tern info`).
+pub fn list_adapters() -> Vec<String> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = desc_backends();
+    let instance = wgpu::Instance::new(desc);
+    pollster::block_on(instance.enumerate_adapters(desc_backends()))
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            format!(
+                "{} ({:?}, {:?}, driver {} {})",
+                i.name, i.backend, i.device_type, i.driver, i.driver_info
+            )
+        })
+        .collect()
+}
+
+fn desc_backends() -> wgpu::Backends {
+    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY)
+}

@@ -1,0 +1,357 @@
+//! tern's backend on any GPU wgpu reaches (Vulkan, Metal, DX12, and Mesa's
+//! lavapipe on machines without one): every [`Backend`] op as a WGSL compute
+//! shader, packed ternary weights decoded in the shader, exact integer paths
+//! bit-identical to the CPU backend.
+//!
+//! Layout of the crate:
+//! - `ctx`: adapter, device, buffers, pipeline cache, lazy recording,
+//!   binding windows (tensors larger than one storage binding are processed
+//!   window by window), error capture.
+//! - `ops::basic`: memory and element-wise ops.
+//! - `ops::ternary`: BitLinear (packed codes, int8 activations, exact
+//!   division), its backward, re-ternarization and fake quantization.
+//! - `ops::dense`: GEMM, normalization, gating, embedding, loss, optimizer.
+//! - `ops::attention`: RoPE and tiled causal GQA attention.
+//! - `shaders/`: the WGSL sources, one file per kernel family.
+
+mod ctx;
+mod ops;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub use ctx::{list_adapters, AdapterReport, WgpuOptions};
+use tern_backend::{Activation, AdamW, AttnDims, Backend, BackendError, Gemm, TernarySource};
+
+pub use ops::ternary::WTernary;
+
+/// The wgpu backend.
+pub struct Wgpu {
+    pub(crate) ctx: ctx::Ctx,
+}
+
+/// An f32 device buffer.
+pub struct WBuf {
+    pub(crate) buf: wgpu::Buffer,
+    pub(crate) len: usize,
+    owner: Owner,
+}
+
+/// A u32 device buffer.
+pub struct WIds {
+    pub(crate) buf: wgpu::Buffer,
+    pub(crate) len: usize,
+    owner: Owner,
+}
+
+/// Where a dropped buffer goes: the backend's pool, for reuse by the next
+/// allocation of its size.
+#[derive(Clone)]
+pub(crate) struct Owner {
+    pool: Arc<Mutex<HashMap<u64, Vec<wgpu::Buffer>>>>,
+}
+
+impl Owner {
+    pub(crate) fn release(&self, buf: &wgpu::Buffer) {
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(buf.size())
+            .or_default()
+            .push(buf.clone());
+    }
+}
+
+impl Drop for WBuf {
+    fn drop(&mut self) {
+        self.owner.release(&self.buf);
+    }
+}
+impl Drop for WIds {
+    fn drop(&mut self) {
+        self.owner.release(&self.buf);
+    }
+}
+
+impl Wgpu {
+    /// The best adapter (discrete, then integrated GPU, then software).
+    pub fn new() -> Result<Wgpu, String> {
+        Self::with_options(&WgpuOptions::default())
+    }
+
+    /// Mesa lavapipe or another software adapter (CI without a GPU).
+    pub fn fallback() -> Result<Wgpu, String> {
+        Self::with_options(&WgpuOptions {
+            force_fallback: true,
+            ..Default::default()
+        })
+    }
+
+    pub fn with_options(opts: &WgpuOptions) -> Result<Wgpu, String> {
+        Ok(Wgpu {
+            ctx: ctx::Ctx::new(opts)?,
+        })
+    }
+
+    /// The adapter, its limits and features.
+    pub fn report(&self) -> AdapterReport {
+        self.ctx.report()
+    }
+
+    /// `(current, peak)` bytes of device memory held by tern's buffers
+    /// (weights, activations, optimizer state, freed buffers kept for reuse;
+    /// not the driver's own).
+    pub fn memory(&self) -> (u64, u64) {
+        *self.ctx.mem.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Give pooled (freed) buffers back to the device.
+    pub fn trim(&self) {
+        self.ctx.trim_pool();
+    }
+
+    /// Reset the peak to the current allocation.
+    pub fn reset_peak(&self) {
+        let mut m = self.ctx.mem.lock().unwrap_or_else(|p| p.into_inner());
+        m.1 = m.0;
+    }
+
+    /// Wait for every recorded op to finish (benchmarks time with it).
+    pub fn synchronize(&self) -> Result<(), BackendError> {
+        self.ctx.flush();
+        self.ctx.wait()
+    }
+
+    /// Destroy the device, as a driver reset would: every later download
+    /// reports [`BackendError::DeviceLost`]. For testing error paths.
+    #[doc(hidden)]
+    pub fn simulate_device_loss(&self) {
+        self.ctx.device.destroy();
+    }
+
+    pub(crate) fn owner(&self) -> Owner {
+        Owner {
+            pool: self.ctx.pool.clone(),
+        }
+    }
+
+    /// A zeroed f32 buffer of `len` elements.
+    pub(crate) fn new_buf(&self, what: &str, len: usize) -> Result<WBuf, BackendError> {
+        self.alloc(what, len, true)
+    }
+
+    /// An f32 buffer of `len` elements; zeroed when `zero`.
+    fn alloc(&self, what: &str, len: usize, zero: bool) -> Result<WBuf, BackendError> {
+        let (buf, stale) = self.ctx.buffer(what, len as u64 * 4)?;
+        if stale && zero {
+            ops::basic::fill_zero(self, &buf, len);
+        }
+        Ok(WBuf {
+            buf,
+            len,
+            owner: self.owner(),
+        })
+    }
+
+    pub(crate) fn new_ids(&self, what: &str, len: usize) -> Result<WIds, BackendError> {
+        let (buf, _) = self.ctx.buffer(what, len as u64 * 4)?;
+        Ok(WIds {
+            buf,
+            len,
+            owner: self.owner(),
+        })
+    }
+}
+
+impl Backend for Wgpu {
+    type Buf = WBuf;
+    type Ids = WIds;
+    type Ternary = WTernary;
+
+    fn name(&self) -> String {
+        self.ctx.name()
+    }
+    fn device_memory(&self) -> Option<(u64, u64)> {
+        Some(self.memory())
+    }
+    fn synchronize(&self) -> Result<(), BackendError> {
+        Wgpu::synchronize(self)
+    }
+
+    fn zeros(&self, len: usize) -> Result<WBuf, BackendError> {
+        self.new_buf("tensor", len)
+    }
+    fn upload(&self, data: &[f32]) -> Result<WBuf, BackendError> {
+        let b = self.alloc("tensor", data.len(), false)?;
+        self.ctx.write_bytes(&b.buf, 0, bytemuck::cast_slice(data));
+        Ok(b)
+    }
+    fn upload_ids(&self, data: &[u32]) -> Result<WIds, BackendError> {
+        let b = self.new_ids("ids", data.len())?;
+        self.ctx.write_bytes(&b.buf, 0, bytemuck::cast_slice(data));
+        Ok(b)
+    }
+    fn upload_ternary(&self, w: &dyn TernarySource) -> Result<WTernary, BackendError> {
+        ops::ternary::upload_ternary(self, w)
+    }
+    fn write(&self, buf: &mut WBuf, offset: usize, data: &[f32]) {
+        assert!(offset + data.len() <= buf.len, "write: out of range");
+        self.ctx
+            .write_bytes(&buf.buf, offset as u64 * 4, bytemuck::cast_slice(data));
+    }
+    fn write_ids(&self, buf: &mut WIds, data: &[u32]) {
+        assert!(data.len() <= buf.len, "write_ids: out of range");
+        self.ctx
+            .write_bytes(&buf.buf, 0, bytemuck::cast_slice(data));
+    }
+    fn download(&self, buf: &WBuf) -> Result<Vec<f32>, BackendError> {
+        let bytes = self.ctx.read_bytes(&buf.buf, 0, buf.len as u64 * 4)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+    fn len(&self, buf: &WBuf) -> usize {
+        buf.len
+    }
+    fn ternary_bytes(&self, w: &WTernary) -> u64 {
+        ops::ternary::ternary_bytes(w)
+    }
+    fn ternary_shape(&self, w: &WTernary) -> (usize, usize) {
+        ops::ternary::ternary_shape(w)
+    }
+
+    fn ternary_matmul(&self, w: &WTernary, x: &WBuf, y: &mut WBuf, rows: usize) {
+        ops::ternary::ternary_matmul(self, w, x, y, rows)
+    }
+    fn ternary_matmul_float(&self, w: &WTernary, x: &WBuf, y: &mut WBuf, rows: usize) {
+        ops::ternary::ternary_matmul_float(self, w, x, y, rows)
+    }
+    fn ternary_matmul_backward(&self, w: &WTernary, dy: &WBuf, dx: &mut WBuf, rows: usize) {
+        ops::ternary::ternary_matmul_backward(self, w, dy, dx, rows)
+    }
+    fn requantize_ternary(&self, latent: &WBuf, w: &mut WTernary) {
+        ops::ternary::requantize_ternary(self, latent, w)
+    }
+    fn fake_quant_act(&self, x: &WBuf, y: &mut WBuf, rows: usize, cols: usize) {
+        ops::ternary::fake_quant_act(self, x, y, rows, cols)
+    }
+
+    fn matmul(&self, a: &WBuf, b: &WBuf, c: &mut WBuf, g: Gemm) {
+        ops::dense::matmul(self, a, b, c, g)
+    }
+    fn copy(&self, x: &WBuf, y: &mut WBuf) {
+        assert_eq!(x.len, y.len, "copy: lengths");
+        self.ctx.copy_bytes(&x.buf, 0, &y.buf, 0, x.len as u64 * 4);
+    }
+    fn axpy(&self, alpha: f32, x: &WBuf, y: &mut WBuf) {
+        ops::basic::axpy(self, alpha, x, y)
+    }
+    fn scale(&self, alpha: f32, y: &mut WBuf) {
+        ops::basic::scale(self, alpha, y)
+    }
+    fn sum_squares(&self, x: &WBuf, out: &mut WBuf, index: usize) {
+        ops::dense::sum_squares(self, x, out, index)
+    }
+    fn dropout(&self, x: &WBuf, y: &mut WBuf, p: f32, seed: u64) {
+        ops::dense::dropout(self, x, y, p, seed)
+    }
+    fn copy_range(&self, src: &WBuf, src_off: usize, dst: &mut WBuf, dst_off: usize, n: usize) {
+        ops::basic::copy_range(self, src, src_off, dst, dst_off, n)
+    }
+
+    fn rmsnorm(
+        &self,
+        x: &WBuf,
+        w: &WBuf,
+        y: &mut WBuf,
+        rstd: &mut WBuf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) {
+        ops::dense::rmsnorm(self, x, w, y, rstd, rows, dim, eps)
+    }
+    fn rmsnorm_backward(
+        &self,
+        x: &WBuf,
+        w: &WBuf,
+        rstd: &WBuf,
+        dy: &WBuf,
+        dx: &mut WBuf,
+        dw: Option<&mut WBuf>,
+        rows: usize,
+        dim: usize,
+    ) {
+        ops::dense::rmsnorm_backward(self, x, w, rstd, dy, dx, dw, rows, dim)
+    }
+
+    fn rope(
+        &self,
+        x: &mut WBuf,
+        pos: &WIds,
+        rows: usize,
+        n_heads: usize,
+        head_dim: usize,
+        theta: f32,
+        inverse: bool,
+    ) {
+        ops::attention::rope(self, x, pos, rows, n_heads, head_dim, theta, inverse)
+    }
+    fn attention(&self, q: &WBuf, k: &WBuf, v: &WBuf, out: &mut WBuf, lse: &mut WBuf, d: AttnDims) {
+        ops::attention::attention(self, q, k, v, out, lse, d)
+    }
+    fn attention_backward(
+        &self,
+        q: &WBuf,
+        k: &WBuf,
+        v: &WBuf,
+        out: &WBuf,
+        lse: &WBuf,
+        dout: &WBuf,
+        dq: &mut WBuf,
+        dk: &mut WBuf,
+        dv: &mut WBuf,
+        d: AttnDims,
+    ) {
+        ops::attention::attention_backward(self, q, k, v, out, lse, dout, dq, dk, dv, d)
+    }
+
+    fn gate(&self, g: &WBuf, u: &WBuf, y: &mut WBuf, act: Activation) {
+        ops::dense::gate(self, g, u, y, act)
+    }
+    fn gate_backward(
+        &self,
+        g: &WBuf,
+        u: &WBuf,
+        dy: &WBuf,
+        dg: &mut WBuf,
+        du: &mut WBuf,
+        act: Activation,
+    ) {
+        ops::dense::gate_backward(self, g, u, dy, dg, du, act)
+    }
+
+    fn embedding(&self, table: &WBuf, ids: &WIds, y: &mut WBuf, dim: usize) {
+        ops::dense::embedding(self, table, ids, y, dim)
+    }
+    fn embedding_backward(&self, ids: &WIds, dy: &WBuf, dtable: &mut WBuf, dim: usize) {
+        ops::dense::embedding_backward(self, ids, dy, dtable, dim)
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &WBuf,
+        targets: &WIds,
+        loss: &mut WBuf,
+        dlogits: Option<&mut WBuf>,
+        rows: usize,
+        vocab: usize,
+        grad_scale: f32,
+    ) {
+        ops::dense::cross_entropy(
+            self, logits, targets, loss, dlogits, rows, vocab, grad_scale,
+        )
+    }
+
+    fn adamw(&self, p: &mut WBuf, g: &WBuf, m: &mut WBuf, v: &mut WBuf, h: AdamW) {
+        ops::dense::adamw(self, p, g, m, v, h)
+    }
+}

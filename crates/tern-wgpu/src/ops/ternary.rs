@@ -1,0 +1,1103 @@
+//! BitLinear on the device: packed ternary weights, the exact W1.58A8
+//! product, the float-activation product and its transpose (the input
+//! gradient), absmean re-ternarization and activation fake quantization.
+//!
+//! Layout of [`WTernary`]: 2-bit codes, 16 per u32 word, each row padded to a
+//! multiple of 8 words (128 codes; the padding codes are 0). Word `k` of a row
+//! holds columns `16k..16k + 16`; column `16k + 4t + i` sits in bits
+//! `8i + 2t` as the unsigned value `u = code + 1` in `{0, 1, 2}`. So
+//! `(word >> 2t) & 0x03030303` is four bytes lined up with four consecutive
+//! int8 activations (one packed int8x4 word), and `dot4I8Packed` gives
+//! `Σ u·x`; subtracting the row sum `Σ x` gives the exact `Σ code·x`. The
+//! per-tensor scale is one f32 in its own device buffer (re-quantization
+//! rewrites it on the device).
+//!
+//! Kernels (shaders `ternary_*.wgsl`, exact arithmetic in `exact.wgsl`):
+//! - `ternary_quant`: per-row absmax int8 quantization of the activations into
+//!   a scratch buffer of packed int8 (row scale `a` and `Σ x` per row), or the
+//!   fake-quantized values `q / a`.
+//! - `ternary_mv`: the integer product for up to 8 rows (decode), 32 threads
+//!   per output feature reading its packed row in coalesced 16-byte groups.
+//! - `ternary_mm`: the integer product for more rows, tiles of 64 (or 32)
+//!   rows x 64 features with the int8 activations and packed weights staged
+//!   in workgroup memory, each decoded weight word reused across the thread's
+//!   4 (or 2) rows in registers.
+//! - `ternary_float`: the float-activation product and the backward
+//!   (transposed) product, 64 x 64 tiles with codes decoded to f32 per tile.
+//! - `ternary_requant`: exact integer sum of |W|, the scale, the codes.
+//!
+//! Every buffer is bound in windows of at most `max_binding` bytes: the ops
+//! split their work into rectangles (rows x column chunks) whose views fit,
+//! accumulating over column chunks (in i32 for the exact product, so chunking
+//! never changes a bit).
+
+use super::basic::preprocess;
+use crate::ctx::View;
+use crate::{WBuf, Wgpu};
+use tern_backend::{BackendError, TernarySource};
+
+const EXACT: &str = include_str!("../shaders/exact.wgsl");
+const QUANT: &str = include_str!("../shaders/ternary_quant.wgsl");
+const MV: &str = include_str!("../shaders/ternary_mv.wgsl");
+const MM: &str = include_str!("../shaders/ternary_mm.wgsl");
+const FLOAT: &str = include_str!("../shaders/ternary_float.wgsl");
+const REQUANT: &str = include_str!("../shaders/ternary_requant.wgsl");
+
+/// Codes per packed word.
+const CODES_PER_WORD: usize = 16;
+/// Rows are padded to a multiple of this many words (128 codes).
+const ROW_WORDS: usize = 8;
+/// Activation rows up to which the product takes the matvec kernel.
+const MV_MAX_ROWS: usize = 8;
+/// Output features per workgroup of the matvec kernel.
+const MV_FEATURES: usize = 8;
+/// Tile of the tiled kernels (rows and features / columns).
+const TILE: usize = 64;
+/// The tiled integer product takes 64-row tiles when that gives at least this
+/// many workgroups, 32-row tiles otherwise (more workgroups for small
+/// products on wide GPUs, more reuse of each decoded weight word for large
+/// ones). A tuning knob.
+const MM_TALL_MIN_TILES: usize = 256;
+/// Latent elements per workgroup of the re-quantization sum.
+const SUM_PER_WG: usize = 4096;
+/// u32 words of the re-quantization scratch (bins, flags, s).
+const RQ_WORDS: usize = 514;
+/// Host bytes packed before one upload copy.
+const UPLOAD_CHUNK: usize = 16 << 20;
+
+/// A packed ternary matrix on the device (see the module docs).
+pub struct WTernary {
+    pub(crate) codes: wgpu::Buffer,
+    /// One f32: the per-tensor scale (device-resident: re-quantization updates it).
+    pub(crate) scale: wgpu::Buffer,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    /// Words per row (a multiple of [`ROW_WORDS`]).
+    pub(crate) wpr: usize,
+    owner: crate::Owner,
+}
+
+impl Drop for WTernary {
+    fn drop(&mut self) {
+        self.owner.release(&self.codes);
+        self.owner.release(&self.scale);
+    }
+}
+
+fn words_per_row(cols: usize) -> usize {
+    cols.div_ceil(ROW_WORDS * CODES_PER_WORD) * ROW_WORDS
+}
+
+/// Packs one row of codes into `out` (`words_per_row(codes.len())` words).
+fn pack_row(codes: &[i8], out: &mut [u32]) {
+    for (k, word) in out.iter_mut().enumerate() {
+        let mut v = 0u32;
+        for j in 0..CODES_PER_WORD {
+            let c = k * CODES_PER_WORD + j;
+            let u = if c < codes.len() {
+                (codes[c] + 1) as u32
+            } else {
+                1
+            };
+            v |= u << (8 * (j % 4) + 2 * (j / 4));
+        }
+        *word = v;
+    }
+}
+
+pub(crate) fn upload_ternary(b: &Wgpu, w: &dyn TernarySource) -> Result<WTernary, BackendError> {
+    let (rows, cols) = (w.rows(), w.cols());
+    let err = |reason: String| BackendError::InvalidTernary {
+        backend: b.ctx.name(),
+        what: format!("[{rows}, {cols}] matrix"),
+        reason,
+    };
+    if cols == 0 {
+        return Err(err("cols must be > 0".into()));
+    }
+    let scale = w.scale();
+    if !scale.is_finite() {
+        return Err(err(format!("scale {scale} is not finite")));
+    }
+    let wpr = words_per_row(cols);
+    // Every word and the scale are written below, so pooled contents do not matter.
+    let (codes, _) = b.ctx.buffer("ternary codes", (rows * wpr * 4) as u64)?;
+    let (scale_buf, _) = b.ctx.buffer("ternary scale", 4)?;
+    let t = WTernary {
+        codes,
+        scale: scale_buf,
+        rows,
+        cols,
+        wpr,
+        owner: b.owner(),
+    };
+    // Stream the rows: one row of codes unpacked at a time, packed words
+    // gathered into a bounded host buffer and copied chunk by chunk.
+    let chunk_rows = (UPLOAD_CHUNK / (wpr * 4)).max(1);
+    let mut row = vec![0i8; cols];
+    let mut host: Vec<u32> = vec![0; chunk_rows.min(rows) * wpr];
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = chunk_rows.min(rows - r0);
+        for i in 0..n {
+            let r = r0 + i;
+            w.row_codes(r, &mut row);
+            if let Some(c) = row.iter().position(|&c| !(-1..=1).contains(&c)) {
+                return Err(err(format!(
+                    "row {r} column {c} holds code {}, expected -1, 0 or 1",
+                    row[c]
+                )));
+            }
+            pack_row(&row, &mut host[i * wpr..(i + 1) * wpr]);
+        }
+        b.ctx.write_bytes(
+            &t.codes,
+            (r0 * wpr * 4) as u64,
+            bytemuck::cast_slice(&host[..n * wpr]),
+        );
+        r0 += n;
+        if r0 < rows {
+            // keep at most one chunk of staging memory in flight
+            b.ctx.flush();
+        }
+    }
+    b.ctx.write_bytes(&t.scale, 0, bytemuck::bytes_of(&scale));
+    Ok(t)
+}
+
+pub(crate) fn ternary_bytes(w: &WTernary) -> u64 {
+    w.codes.size() + 4
+}
+
+pub(crate) fn ternary_shape(w: &WTernary) -> (usize, usize) {
+    (w.rows, w.cols)
+}
+
+// ---- windows ------------------------------------------------------------------
+
+/// Elements spanned by `nr` rows of `nc` elements at row stride `stride`.
+fn span(stride: usize, nr: usize, nc: usize) -> usize {
+    if nr == 0 {
+        0
+    } else {
+        (nr - 1) * stride + nc
+    }
+}
+
+/// Most rows of `nc` elements at row stride `stride` that `win` elements hold.
+fn rows_fit(win: usize, stride: usize, nc: usize) -> usize {
+    if nc > win {
+        0
+    } else {
+        (win - nc).checked_div(stride).map_or(usize::MAX, |n| n + 1)
+    }
+}
+
+/// Rows `nr` and features `no` per block such that the `[nr, no]` block of
+/// an output with row stride `os` fits a window too; then rounded down to
+/// whole tiles where the block is not the whole extent.
+fn fit_block(
+    win: usize,
+    rows: usize,
+    nr: usize,
+    out: usize,
+    no: usize,
+    tr: usize,
+    to: usize,
+) -> (usize, usize) {
+    let (mut nr, mut no) = (nr.max(1), no.max(1));
+    if span(out, nr, no) > win {
+        nr = rows_fit(win, out, no);
+        if nr == 0 {
+            nr = 1;
+            no = no.min(win);
+        }
+    }
+    if nr < rows && nr > tr {
+        nr -= nr % tr;
+    }
+    if no < out && no > to {
+        no -= no % to;
+    }
+    (nr, no)
+}
+
+/// A view of 4-element (16-byte) groups: `start` and `n` in u32 elements,
+/// multiples of 4; the shift is returned in groups.
+fn view4<'a>(b: &Wgpu, buf: &'a wgpu::Buffer, start: usize, n: usize) -> (View<'a>, u32) {
+    debug_assert!(start % 4 == 0 && n % 4 == 0);
+    let (v, s) = b.ctx.view(buf, start, n);
+    debug_assert!(s % 4 == 0);
+    (v, s / 4)
+}
+
+fn shader(src: &str, defs: &[&str], subs: &[(&str, String)]) -> String {
+    let mut s = String::from(EXACT);
+    s.push_str(&preprocess(src, defs, subs));
+    s
+}
+
+// ---- activation quantization ----------------------------------------------------
+
+/// Where the quantizer writes.
+enum QOut<'a> {
+    /// Packed int8 codes, `words` u32 per row (zero past the columns), plus
+    /// `a` and `Σ q` per row in the stats.
+    Packed { buf: &'a wgpu::Buffer, words: usize },
+    /// Fake-quantized f32 values (`[rows, cols]`).
+    Fake(&'a wgpu::Buffer),
+}
+
+/// Per-row quantization of `x` (`[rows, cols]`); `st` holds 4 u32 per row:
+/// max |x| bits, `a` bits, `Σ q`, unused.
+fn quantize(b: &Wgpu, x: &wgpu::Buffer, rows: usize, cols: usize, st: &wgpu::Buffer, out: QOut) {
+    let win = b.ctx.window_elems();
+    let (words, obuf, os, packed) = match out {
+        QOut::Packed { buf, words } => (words, buf, words, true),
+        QOut::Fake(buf) => (cols.div_ceil(4), buf, cols, false),
+    };
+    // A chunk of words spans 4 columns of x per word.
+    let nwc = words.min((win / 16) * 4).max(4);
+    assert!(4 * nwc <= win, "ternary quantize: binding window too small");
+    let fused = nwc >= words;
+    let xspan = (4 * nwc).min(cols);
+    let ospan = if packed { nwc } else { xspan };
+    let rq = rows
+        .min(win / 4)
+        .min(rows_fit(win, cols, xspan))
+        .min(rows_fit(win, os, ospan))
+        .max(1);
+    let eps = 1e-5f32.to_bits();
+    let kind = if packed { "XQ" } else { "FQ" };
+    let rowmax = (!fused).then(|| {
+        b.ctx
+            .pipeline("ternary/rowmax", || shader(QUANT, &["ROWMAX"], &[]))
+    });
+    let mode = if fused { "FUSED" } else { "SPLIT" };
+    let quant = b.ctx.pipeline(&format!("ternary/quant/{kind}/{mode}"), || {
+        shader(QUANT, &["QUANT", kind, mode], &[])
+    });
+    let mut r0 = 0;
+    while r0 < rows {
+        let nr = rq.min(rows - r0);
+        let (vs, ss) = b.ctx.view(st, r0 * 4, nr * 4);
+        let groups = b.ctx.grid(nr as u32);
+        // split rows: the max over every chunk first, then the codes
+        for pass in [0, 1] {
+            if pass == 0 && rowmax.is_none() {
+                continue;
+            }
+            let mut w0 = 0;
+            while w0 < words {
+                let nw = nwc.min(words - w0);
+                let xc0 = (4 * w0).min(cols - 1);
+                let xc1 = (4 * (w0 + nw)).min(cols).max(xc0 + 1);
+                let (vx, sx) = b.ctx.view(x, r0 * cols + xc0, span(cols, nr, xc1 - xc0));
+                let first = (w0 == 0) as u32;
+                let head = [
+                    nr as u32,
+                    cols as u32,
+                    os as u32,
+                    w0 as u32,
+                    nw as u32,
+                    xc0 as u32,
+                    first,
+                    eps,
+                    sx,
+                    ss,
+                ];
+                if let (0, Some(rowmax)) = (pass, &rowmax) {
+                    let mut prm = head.to_vec();
+                    prm.push(0);
+                    b.ctx.dispatch(rowmax, &prm, &[vx, vs], groups);
+                } else {
+                    let (vo, so) = if packed {
+                        b.ctx.view(obuf, r0 * os + w0, span(os, nr, nw))
+                    } else {
+                        b.ctx.view(obuf, r0 * os + xc0, span(os, nr, xc1 - xc0))
+                    };
+                    let mut prm = head.to_vec();
+                    prm.push(so);
+                    b.ctx.dispatch(&quant, &prm, &[vx, vs, vo], groups);
+                }
+                w0 += nw;
+            }
+        }
+        r0 += nr;
+    }
+}
+
+pub(crate) fn fake_quant_act(b: &Wgpu, x: &WBuf, y: &mut WBuf, rows: usize, cols: usize) {
+    assert_eq!(x.len, rows * cols, "fake_quant_act: x length");
+    assert_eq!(y.len, rows * cols, "fake_quant_act: y length");
+    if rows == 0 {
+        return;
+    }
+    assert!(cols > 0, "fake_quant_act: cols must be > 0");
+    let st = match b.ctx.scratch("ternary/stats", (rows * 16) as u64) {
+        Ok(s) => s,
+        Err(e) => panic!("fake_quant_act: {e}"),
+    };
+    quantize(b, &x.buf, rows, cols, &st, QOut::Fake(&y.buf));
+}
+
+fn scratch(b: &Wgpu, key: &str, bytes: usize) -> wgpu::Buffer {
+    match b
+        .ctx
+        .scratch(key, (bytes.max(16).next_multiple_of(16)) as u64)
+    {
+        Ok(s) => s,
+        Err(e) => panic!("ternary scratch {key}: {e}"),
+    }
+}
+
+// ---- W1.58A8 product ----------------------------------------------------------------
+
+pub(crate) fn ternary_matmul(b: &Wgpu, w: &WTernary, x: &WBuf, y: &mut WBuf, rows: usize) {
+    let (out, cols, wpr) = (w.rows, w.cols, w.wpr);
+    assert_eq!(x.len, rows * cols, "ternary_matmul: x length");
+    assert_eq!(y.len, rows * out, "ternary_matmul: y length");
+    if rows == 0 || out == 0 {
+        return;
+    }
+    // Weight words holding real columns, rounded up to whole 16-byte groups;
+    // the activation rows are packed to the same length (4 u32 per word).
+    let nwv = cols.div_ceil(4 * CODES_PER_WORD) * 4;
+    let qs = 4 * nwv;
+    let xq = scratch(b, "ternary/xq", rows * qs * 4);
+    let st = scratch(b, "ternary/stats", rows * 16);
+    quantize(
+        b,
+        &x.buf,
+        rows,
+        cols,
+        &st,
+        QOut::Packed {
+            buf: &xq,
+            words: qs,
+        },
+    );
+
+    let win = b.ctx.window_elems();
+    let mv = rows <= MV_MAX_ROWS;
+    // Weight words per chunk: one row of activations (4 u32 per word) fits.
+    let kc = nwv.min((win / 16) * 4);
+    assert!(kc >= 4, "ternary_matmul: binding window too small");
+    let split = kc < nwv;
+    let nr0 = rows.min(rows_fit(win, qs, 4 * kc)).min(win / 4).min(if mv {
+        MV_MAX_ROWS
+    } else {
+        usize::MAX
+    });
+    let no0 = out.min(rows_fit(win, wpr, kc));
+    // rows per thread of the tiled kernel (tiles of 16 tm rows)
+    let tm = if rows.div_ceil(TILE) * out.div_ceil(TILE) >= MM_TALL_MIN_TILES {
+        4
+    } else {
+        2
+    };
+    let (tr, to) = if mv {
+        (MV_MAX_ROWS, MV_FEATURES)
+    } else {
+        (16 * tm, TILE)
+    };
+    let (rb, ob) = fit_block(win, rows, nr0, out, no0, tr, to);
+    let acc = scratch(b, "ternary/acc", if split { rows * out * 4 } else { 16 });
+    let pipe = if mv {
+        let nr = rb.next_power_of_two().min(MV_MAX_ROWS);
+        b.ctx.pipeline(&format!("ternary/mv/{nr}"), || {
+            shader(
+                MV,
+                &[],
+                &[("NR", nr.to_string()), ("RED", (nr * 256).to_string())],
+            )
+        })
+    } else {
+        b.ctx.pipeline(&format!("ternary/mm/{tm}"), || {
+            shader(
+                MM,
+                &[],
+                &[
+                    ("TM", tm.to_string()),
+                    ("XS", (32 * 16 * tm).to_string()),
+                    ("ACC", (4 * tm).to_string()),
+                ],
+            )
+        })
+    };
+    let (vc, sc) = b.ctx.view(&w.scale, 0, 1);
+    let mut r0 = 0;
+    while r0 < rows {
+        let nr = rb.min(rows - r0);
+        let (vs, ss) = b.ctx.view(&st, r0 * 4, nr * 4);
+        let mut o0 = 0;
+        while o0 < out {
+            let no = ob.min(out - o0);
+            let (vy, sy) = b.ctx.view(&y.buf, r0 * out + o0, span(out, nr, no));
+            let (va, sa) = if split {
+                b.ctx.view(&acc, r0 * out + o0, span(out, nr, no))
+            } else {
+                b.ctx.view(&acc, 0, 4)
+            };
+            let groups = if mv {
+                b.ctx.grid(no.div_ceil(MV_FEATURES) as u32)
+            } else {
+                [no.div_ceil(TILE) as u32, nr.div_ceil(tr) as u32, 1]
+            };
+            let mut k0 = 0;
+            while k0 < nwv {
+                let nk = kc.min(nwv - k0);
+                let (vw, sw) = view4(b, &w.codes, o0 * wpr + k0, span(wpr, no, nk));
+                let (vq, sq) = view4(b, &xq, r0 * qs + 4 * k0, span(qs, nr, 4 * nk));
+                let prm = [
+                    no as u32,
+                    nr as u32,
+                    (wpr / 4) as u32,
+                    nk as u32,
+                    (qs / 4) as u32,
+                    out as u32,
+                    (k0 == 0) as u32,
+                    (k0 + nk == nwv) as u32,
+                    sw,
+                    sq,
+                    ss,
+                    sc,
+                    sy,
+                    sa,
+                ];
+                b.ctx
+                    .dispatch(&pipe, &prm, &[vw, vq, vs, vc, vy, va], groups);
+                k0 += nk;
+            }
+            o0 += no;
+        }
+        r0 += nr;
+    }
+}
+
+// ---- float products ----------------------------------------------------------------
+
+pub(crate) fn ternary_matmul_float(b: &Wgpu, w: &WTernary, x: &WBuf, y: &mut WBuf, rows: usize) {
+    let (out, cols, wpr) = (w.rows, w.cols, w.wpr);
+    assert_eq!(x.len, rows * cols, "ternary_matmul_float: x length");
+    assert_eq!(y.len, rows * out, "ternary_matmul_float: y length");
+    if rows == 0 || out == 0 {
+        return;
+    }
+    let win = b.ctx.window_elems();
+    // words holding real columns; chunks of whole words
+    let nwf = cols.div_ceil(CODES_PER_WORD);
+    let kc = nwf.min(win / CODES_PER_WORD);
+    assert!(kc >= 1, "ternary_matmul_float: binding window too small");
+    let xcols = (kc * CODES_PER_WORD).min(cols);
+    let nr0 = rows.min(rows_fit(win, cols, xcols));
+    let no0 = out.min(rows_fit(win, wpr, kc));
+    let (rb, ob) = fit_block(win, rows, nr0, out, no0, TILE, TILE);
+    let pipe = b
+        .ctx
+        .pipeline("ternary/float/fwd", || shader(FLOAT, &["FWD"], &[]));
+    let (vc, sc) = b.ctx.view(&w.scale, 0, 1);
+    let mut r0 = 0;
+    while r0 < rows {
+        let nr = rb.min(rows - r0);
+        let mut o0 = 0;
+        while o0 < out {
+            let no = ob.min(out - o0);
+            let (vy, sy) = b.ctx.view(&y.buf, r0 * out + o0, span(out, nr, no));
+            let groups = [no.div_ceil(TILE) as u32, nr.div_ceil(TILE) as u32, 1];
+            let mut k0 = 0;
+            while k0 < nwf {
+                let nk = kc.min(nwf - k0);
+                let c0 = k0 * CODES_PER_WORD;
+                let nc = (nk * CODES_PER_WORD).min(cols - c0);
+                let (vx, sx) = b.ctx.view(&x.buf, r0 * cols + c0, span(cols, nr, nc));
+                let (vw, sw) = b.ctx.view(&w.codes, o0 * wpr + k0, span(wpr, no, nk));
+                let prm = [
+                    nr as u32,
+                    no as u32,
+                    nc as u32,
+                    cols as u32,
+                    wpr as u32,
+                    out as u32,
+                    (k0 == 0) as u32,
+                    sx,
+                    sw,
+                    sc,
+                    sy,
+                ];
+                b.ctx.dispatch(&pipe, &prm, &[vx, vw, vc, vy], groups);
+                k0 += nk;
+            }
+            o0 += no;
+        }
+        r0 += nr;
+    }
+}
+
+pub(crate) fn ternary_matmul_backward(
+    b: &Wgpu,
+    w: &WTernary,
+    dy: &WBuf,
+    dx: &mut WBuf,
+    rows: usize,
+) {
+    let (out, cols, wpr) = (w.rows, w.cols, w.wpr);
+    assert_eq!(dy.len, rows * out, "ternary_matmul_backward: dy length");
+    assert_eq!(dx.len, rows * cols, "ternary_matmul_backward: dx length");
+    if rows == 0 {
+        return;
+    }
+    let win = b.ctx.window_elems();
+    // Columns of dx per chunk: whole 64-column tiles of 4 words where the row
+    // is longer than a window.
+    let nwf = cols.div_ceil(CODES_PER_WORD);
+    let mut nn = nwf.min(win / CODES_PER_WORD);
+    if nn < nwf && nn >= 4 {
+        nn -= nn % 4;
+    }
+    assert!(nn >= 1, "ternary_matmul_backward: binding window too small");
+    let dxcols = (nn * CODES_PER_WORD).min(cols);
+    // Features (the reduction) per chunk: the weight rows of the chunk fit.
+    let ko = out.min(rows_fit(win, wpr, nn)).max(1);
+    let nr0 = rows
+        .min(rows_fit(win, cols, dxcols))
+        .min(rows_fit(win, out, ko).max(1));
+    let nr0 = if nr0 < rows && nr0 > TILE {
+        nr0 - nr0 % TILE
+    } else {
+        nr0.max(1)
+    };
+    let pipe = b
+        .ctx
+        .pipeline("ternary/float/bwd", || shader(FLOAT, &["BWD"], &[]));
+    let (vc, sc) = b.ctx.view(&w.scale, 0, 1);
+    let mut r0 = 0;
+    while r0 < rows {
+        let nr = nr0.min(rows - r0);
+        let mut n0 = 0;
+        while n0 < nwf {
+            let nw = nn.min(nwf - n0);
+            let c0 = n0 * CODES_PER_WORD;
+            let nc = (nw * CODES_PER_WORD).min(cols - c0);
+            let (vx, sx) = b.ctx.view(&dx.buf, r0 * cols + c0, span(cols, nr, nc));
+            let groups = [nc.div_ceil(TILE) as u32, nr.div_ceil(TILE) as u32, 1];
+            let mut k0 = 0;
+            loop {
+                let nk = ko.min(out - k0);
+                let (vd, sd) = b.ctx.view(&dy.buf, r0 * out + k0, span(out, nr, nk));
+                let (vw, sw) = if nk == 0 {
+                    b.ctx.view(&w.codes, 0, 1)
+                } else {
+                    b.ctx.view(&w.codes, k0 * wpr + n0, span(wpr, nk, nw))
+                };
+                let prm = [
+                    nr as u32,
+                    nc as u32,
+                    nk as u32,
+                    out as u32,
+                    wpr as u32,
+                    cols as u32,
+                    (k0 == 0) as u32,
+                    sd,
+                    sw,
+                    sc,
+                    sx,
+                ];
+                b.ctx.dispatch(&pipe, &prm, &[vd, vw, vc, vx], groups);
+                k0 += nk;
+                if k0 >= out {
+                    break;
+                }
+            }
+            n0 += nw;
+        }
+        r0 += nr;
+    }
+}
+
+// ---- re-quantization ------------------------------------------------------------------
+
+pub(crate) fn requantize_ternary(b: &Wgpu, latent: &WBuf, w: &mut WTernary) {
+    let (rows, cols, wpr) = (w.rows, w.cols, w.wpr);
+    let n = rows * cols;
+    assert_eq!(latent.len, n, "requantize_ternary: latent length");
+    if n == 0 {
+        return;
+    }
+    let win = b.ctx.window_elems();
+    assert!(
+        win >= RQ_WORDS,
+        "requantize_ternary: binding window too small"
+    );
+    let g = scratch(b, "ternary/requant", RQ_WORDS * 4);
+    let pipe = |name: &str, wgs: u32| {
+        b.ctx.pipeline(&format!("ternary/requant/{name}"), || {
+            shader(
+                REQUANT,
+                &[name],
+                &[("PER_WG", SUM_PER_WG.to_string()), ("WGS", wgs.to_string())],
+            )
+        })
+    };
+    let (vg, sg) = b.ctx.view(&g, 0, RQ_WORDS);
+    let zero = [0u32; 12];
+    let mut prm = zero;
+    prm[2] = sg;
+    b.ctx.dispatch(&pipe("CLEAR", 256), &prm, &[vg], [1, 1, 1]);
+
+    let sum = pipe("SUM", 256);
+    let mut start = 0;
+    while start < n {
+        let nn = win.min(n - start);
+        let (vx, sx) = b.ctx.view(&latent.buf, start, nn);
+        let mut prm = zero;
+        prm[0] = nn as u32;
+        prm[1] = sx;
+        prm[2] = sg;
+        let groups = b.ctx.grid(nn.div_ceil(SUM_PER_WG) as u32);
+        b.ctx.dispatch(&sum, &prm, &[vx, vg], groups);
+        start += nn;
+    }
+
+    let (vc, sc) = b.ctx.view(&w.scale, 0, 1);
+    let mut prm = zero;
+    prm[2] = sg;
+    prm[9] = sc;
+    prm[10] = (n as f32).to_bits();
+    prm[11] = 1e-5f32.to_bits();
+    b.ctx
+        .dispatch(&pipe("FINAL", 1), &prm, &[vg, vc], [1, 1, 1]);
+
+    // Codes: chunks of words of each row (16 latent columns per word).
+    let codes = pipe("CODES", 256);
+    let nwc = wpr.min(win / CODES_PER_WORD).max(1);
+    let xspan = (nwc * CODES_PER_WORD).min(cols);
+    let rr = rows
+        .min(rows_fit(win, cols, xspan))
+        .min(rows_fit(win, wpr, nwc))
+        .max(1);
+    let mut r0 = 0;
+    while r0 < rows {
+        let nr = rr.min(rows - r0);
+        let mut w0 = 0;
+        while w0 < wpr {
+            let nw = nwc.min(wpr - w0);
+            let xc0 = (CODES_PER_WORD * w0).min(cols - 1);
+            let xc1 = (CODES_PER_WORD * (w0 + nw)).min(cols).max(xc0 + 1);
+            let (vx, sx) = b
+                .ctx
+                .view(&latent.buf, r0 * cols + xc0, span(cols, nr, xc1 - xc0));
+            let (vw, sw) = b.ctx.view(&w.codes, r0 * wpr + w0, span(wpr, nr, nw));
+            let prm = [
+                0,
+                sx,
+                sg,
+                nr as u32,
+                nw as u32,
+                w0 as u32,
+                xc0 as u32,
+                cols as u32,
+                wpr as u32,
+                sw,
+                0,
+                0,
+            ];
+            let groups = b.ctx.grid((nr * nw).div_ceil(256) as u32);
+            b.ctx.dispatch(&codes, &prm, &[vx, vw, vg], groups);
+            w0 += nw;
+        }
+        r0 += nr;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::WgpuOptions;
+    use tern_backend::conformance::Rng;
+    use tern_backend::{Backend, Cpu, TernaryCodes};
+
+    fn gpu(max_binding: Option<u64>) -> Option<Wgpu> {
+        let opts = WgpuOptions {
+            force_fallback: std::env::var_os("TERN_WGPU_ADAPTER").is_none(),
+            adapter: std::env::var("TERN_WGPU_ADAPTER").ok(),
+            max_binding,
+            ..Default::default()
+        };
+        match Wgpu::with_options(&opts) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                None
+            }
+        }
+    }
+
+    fn same(a: f32, b: f32) -> bool {
+        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+    }
+
+    #[track_caller]
+    fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                same(g, w) || (g == 0.0 && w == 0.0),
+                "{what}: index {i}: got {g:e} ({:#010x}), want {w:e} ({:#010x})",
+                g.to_bits(),
+                w.to_bits()
+            );
+        }
+    }
+
+    const DIV_TEST: &str = "
+struct P { n: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> a: array<u32>;
+@group(0) @binding(2) var<storage, read> d: array<u32>;
+@group(0) @binding(3) var<storage, read_write> o: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.y * nwg.x * 256u + gid.x;
+    if (i >= p.n) { return; }
+    o[i] = bitcast<u32>(fdiv(bitcast<f32>(a[i]), bitcast<f32>(d[i])));
+    o[p.n + i] = bitcast<u32>(exact_i2f(bitcast<i32>(a[i])));
+}
+";
+
+    #[test]
+    fn exact_division_and_conversion() {
+        let Some(b) = gpu(None) else { return };
+        let mut rng = Rng::new(11);
+        let specials = [
+            0u32,
+            0x8000_0000,
+            1,
+            0x8000_0001,
+            0x007f_ffff,
+            0x0080_0000,
+            0x3f80_0000,
+            0xbf80_0000,
+            0x7f7f_ffff,
+            0x7f80_0000,
+            0xff80_0000,
+            0x7fc0_0000,
+            0x7f80_0001,
+            0x42fe_0000,
+            0x3727_c5ac,
+            0x4b00_0000,
+            0x4b80_0000,
+            0x0000_0003,
+            0x3400_0000,
+        ];
+        let (mut xs, mut ds) = (Vec::new(), Vec::new());
+        for &x in &specials {
+            for &d in &specials {
+                xs.push(x);
+                ds.push(d);
+            }
+        }
+        while xs.len() < 1 << 20 {
+            let r = rng.next_u64();
+            let (x, mut d) = (r as u32, (r >> 32) as u32);
+            match xs.len() % 4 {
+                // exponents close together (quotients near 1, ties)
+                0 => d = (d & 0x807f_ffff) | (x & 0x7f80_0000),
+                // subnormal quotients
+                1 => {
+                    d = (d & 0x807f_ffff)
+                        | ((x & 0x7f80_0000).wrapping_add(0x3e80_0000) & 0x7f80_0000)
+                }
+                // small integers (the matmul's exact products) over scales
+                2 => {
+                    let v = (x % 20001) as f32 - 10000.0;
+                    xs.push(v.to_bits());
+                    ds.push(d & 0x3fff_ffff);
+                    continue;
+                }
+                _ => {}
+            }
+            xs.push(x);
+            ds.push(d);
+        }
+        let n = xs.len();
+        let a = b.upload_ids(&xs).unwrap();
+        let d = b.upload_ids(&ds).unwrap();
+        let o = b.new_ids("out", 2 * n).unwrap();
+        let pipe = b.ctx.pipeline("test/fdiv", || {
+            let mut s = String::from(EXACT);
+            s.push_str(DIV_TEST);
+            s
+        });
+        let (va, _) = b.ctx.view(&a.buf, 0, n);
+        let (vd, _) = b.ctx.view(&d.buf, 0, n);
+        let (vo, _) = b.ctx.view(&o.buf, 0, 2 * n);
+        let groups = b.ctx.grid((n as u32).div_ceil(256));
+        b.ctx.dispatch(&pipe, &[n as u32], &[va, vd, vo], groups);
+        let got: Vec<u32> =
+            bytemuck::pod_collect_to_vec(&b.ctx.read_bytes(&o.buf, 0, 8 * n as u64).unwrap());
+        for i in 0..n {
+            let (x, y) = (f32::from_bits(xs[i]), f32::from_bits(ds[i]));
+            let want = x / y;
+            let g = f32::from_bits(got[i]);
+            assert!(
+                same(g, want),
+                "{x:e} / {y:e} ({:#010x} / {:#010x}): got {g:e} ({:#010x}), want {want:e} ({:#010x})",
+                xs[i],
+                ds[i],
+                got[i],
+                want.to_bits()
+            );
+            let want = xs[i] as i32 as f32;
+            assert_eq!(got[n + i], want.to_bits(), "i2f({})", xs[i] as i32);
+        }
+    }
+
+    fn rand_x(rng: &mut Rng, rows: usize, cols: usize, specials: bool) -> Vec<f32> {
+        let mut x = rng.vec(rows * cols, -3.0, 3.0);
+        if specials && rows >= 6 {
+            // a zero row, a NaN row, an infinite row, a huge row, a tiny row
+            x[cols..2 * cols].fill(0.0);
+            x[2 * cols + cols / 2] = f32::NAN;
+            x[3 * cols + 1] = f32::NEG_INFINITY;
+            for v in &mut x[4 * cols..5 * cols] {
+                *v *= 1e37;
+            }
+            for v in &mut x[5 * cols..6 * cols] {
+                *v *= 1e-39;
+            }
+        }
+        x
+    }
+
+    fn check_matmul(b: &Wgpu, cpu: &Cpu, rng: &mut Rng, out: usize, cols: usize, rows: usize) {
+        let codes = rng.codes(out * cols, 0.3);
+        let src = TernaryCodes {
+            rows: out,
+            cols,
+            codes: &codes,
+            scale: rng.uniform(0.01, 2.0),
+        };
+        let w = b.upload_ternary(&src).unwrap();
+        let wc = cpu.upload_ternary(&src).unwrap();
+        let x = rand_x(rng, rows, cols, true);
+        let what = format!("[{rows} x {cols}] -> {out}");
+
+        let mut y = b.upload(&vec![f32::NAN; rows * out]).unwrap();
+        b.ternary_matmul(&w, &b.upload(&x).unwrap(), &mut y, rows);
+        let mut yc = vec![0.0; rows * out];
+        cpu.ternary_matmul(&wc, &x, &mut yc, rows);
+        assert_bits(
+            &format!("ternary_matmul {what}"),
+            &b.download(&y).unwrap(),
+            &yc,
+        );
+
+        // float paths: no specials, tolerance against the CPU
+        let x = rand_x(rng, rows, cols, false);
+        let mut y = b.upload(&vec![f32::NAN; rows * out]).unwrap();
+        b.ternary_matmul_float(&w, &b.upload(&x).unwrap(), &mut y, rows);
+        cpu.ternary_matmul_float(&wc, &x, &mut yc, rows);
+        let tol = 1e-5 * 3.0 * src.scale * cols as f32;
+        for (i, (g, c)) in b.download(&y).unwrap().iter().zip(&yc).enumerate() {
+            assert!(
+                (g - c).abs() <= tol,
+                "ternary_matmul_float {what}: {i}: {g} vs {c}"
+            );
+        }
+        let dy = rng.vec(rows * out, -1.0, 1.0);
+        let mut dx = b.upload(&vec![f32::NAN; rows * cols]).unwrap();
+        b.ternary_matmul_backward(&w, &b.upload(&dy).unwrap(), &mut dx, rows);
+        let mut dxc = vec![0.0; rows * cols];
+        cpu.ternary_matmul_backward(&wc, &dy, &mut dxc, rows);
+        let tol = 1e-5 * src.scale * out as f32;
+        for (i, (g, c)) in b.download(&dx).unwrap().iter().zip(&dxc).enumerate() {
+            assert!(
+                (g - c).abs() <= tol,
+                "ternary_matmul_backward {what}: {i}: {g} vs {c}"
+            );
+        }
+    }
+
+    #[test]
+    fn products_match_cpu() {
+        let cpu = Cpu::new();
+        for mb in [None, Some(4096), Some(40 << 10)] {
+            let Some(b) = gpu(mb) else { return };
+            let mut rng = Rng::new(21);
+            for &(out, cols, rows) in &[
+                (70usize, 2560usize, 1usize),
+                (33, 700, 3),
+                (9, 64, 8),
+                (150, 300, 130),
+                (65, 1000, 65),
+                (200, 129, 9),
+                (3, 5000, 12),
+                (5, 5000, 2),
+            ] {
+                check_matmul(&b, &cpu, &mut rng, out, cols, rows);
+            }
+            if mb.is_none() {
+                // enough tiles for the 64-row tiles of the integer product
+                check_matmul(&b, &cpu, &mut rng, 5600, 40, 130);
+            }
+        }
+    }
+
+    #[test]
+    fn fake_quant_matches_cpu() {
+        let cpu = Cpu::new();
+        for mb in [None, Some(4096)] {
+            let Some(b) = gpu(mb) else { return };
+            let mut rng = Rng::new(22);
+            for &(rows, cols) in &[(7usize, 3usize), (9, 2000), (70, 130)] {
+                let x = rand_x(&mut rng, rows, cols, true);
+                let mut y = b.zeros(rows * cols).unwrap();
+                b.fake_quant_act(&b.upload(&x).unwrap(), &mut y, rows, cols);
+                let mut yc = vec![0.0; rows * cols];
+                cpu.fake_quant_act(&x, &mut yc, rows, cols);
+                assert_bits(
+                    &format!("fake_quant_act [{rows}, {cols}]"),
+                    &b.download(&y).unwrap(),
+                    &yc,
+                );
+            }
+        }
+    }
+
+    /// |W| summed exactly (fixed point over the whole f32 range), rounded to
+    /// f32 half to even.
+    fn exact_abs_sum(w: &[f32]) -> f32 {
+        if w.iter().any(|v| v.is_nan()) {
+            return f32::NAN;
+        }
+        if w.iter().any(|v| v.is_infinite()) {
+            return f32::INFINITY;
+        }
+        let mut limbs = [0u64; 12]; // 32-bit limbs in u64 for carries
+        for &v in w {
+            let b = v.to_bits() & 0x7fff_ffff;
+            let e = b >> 23;
+            let m = (b & 0x7f_ffff) as u64 | if e > 0 { 0x80_0000 } else { 0 };
+            let pos = e.max(1) - 1;
+            let wide = m << (pos % 32);
+            let l = (pos / 32) as usize;
+            limbs[l] += wide & 0xffff_ffff;
+            limbs[l + 1] += wide >> 32;
+            for i in 0..11 {
+                let c = limbs[i] >> 32;
+                limbs[i] &= 0xffff_ffff;
+                limbs[i + 1] += c;
+            }
+        }
+        // to f64 pieces is not exact; round by hand
+        let top = match (0..12).rev().find(|&i| limbs[i] != 0) {
+            Some(t) => t,
+            None => return 0.0,
+        };
+        let lead = top as u32 * 32 + 63 - limbs[top].leading_zeros();
+        if lead <= 23 {
+            return f32::from_bits(limbs[0] as u32);
+        }
+        let bit = |p: u32| (limbs[(p / 32) as usize] >> (p % 32)) & 1;
+        let shift = lead - 23;
+        let mut m = 0u32;
+        for i in 0..24 {
+            m |= (bit(shift + i) as u32) << i;
+        }
+        let below = (0..shift - 1).any(|p| bit(p) == 1);
+        if bit(shift - 1) == 1 && (below || m & 1 == 1) {
+            m += 1;
+        }
+        f32::from_bits(((shift << 23) + m).min(0x7f80_0000))
+    }
+
+    fn read_codes(b: &Wgpu, w: &WTernary) -> Vec<i8> {
+        let words: Vec<u32> =
+            bytemuck::pod_collect_to_vec(&b.ctx.read_bytes(&w.codes, 0, w.codes.size()).unwrap());
+        let mut out = Vec::new();
+        for r in 0..w.rows {
+            for c in 0..w.cols {
+                let word = words[r * w.wpr + c / 16];
+                let j = c % 16;
+                out.push(((word >> (8 * (j % 4) + 2 * (j / 4))) & 3) as i8 - 1);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn requantize_matches_reference() {
+        for mb in [None, Some(4096)] {
+            let Some(b) = gpu(mb) else { return };
+            let mut rng = Rng::new(23);
+            let mut cases: Vec<(usize, usize, Vec<f32>)> = Vec::new();
+            // realistic weights over several windows and workgroups
+            cases.push((40, 1100, rng.vec(40 * 1100, -0.05, 0.05)));
+            // exponents over the whole f32 range (and subnormals)
+            let wide: Vec<f32> = (0..3000)
+                .map(|i| {
+                    let e = (rng.next_u64() % 254) as u32;
+                    let v = f32::from_bits((e << 23) | (rng.next_u64() as u32 & 0x7f_ffff));
+                    if i % 7 == 0 {
+                        -v * 1e-30
+                    } else {
+                        v * 1e-20
+                    }
+                })
+                .collect();
+            cases.push((3, 1000, wide));
+            // exact ties of the f32 rounding of the sum
+            let mut tie = vec![0f32; 64];
+            tie[0] = 1.0;
+            tie[1] = 2f32.powi(-24);
+            cases.push((2, 32, tie.clone()));
+            tie[2] = 2f32.powi(-100);
+            cases.push((2, 32, tie));
+            // specials
+            let mut sp = rng.vec(4 * 50, -1.0, 1.0);
+            sp[17] = f32::INFINITY;
+            cases.push((4, 50, sp.clone()));
+            sp[33] = f32::NAN;
+            cases.push((4, 50, sp));
+            cases.push((5, 7, vec![f32::MAX; 35]));
+            for (rows, cols, latent) in cases {
+                let mut w = b
+                    .upload_ternary(&TernaryCodes {
+                        rows,
+                        cols,
+                        codes: rng.codes(rows * cols, 0.2),
+                        scale: 3.0,
+                    })
+                    .unwrap();
+                b.requantize_ternary(&b.upload(&latent).unwrap(), &mut w);
+                let sum = exact_abs_sum(&latent);
+                let mean = sum / (latent.len() as f32);
+                let s = 1.0 / if mean < 1e-5 { 1e-5 } else { mean };
+                let scale = 1.0 / s;
+                let codes: Vec<i8> = latent
+                    .iter()
+                    .map(|&v| (v * s).round_ties_even().clamp(-1.0, 1.0) as i8)
+                    .collect();
+                let got_scale: Vec<f32> =
+                    bytemuck::pod_collect_to_vec(&b.ctx.read_bytes(&w.scale, 0, 4).unwrap());
+                let what = format!("requantize [{rows}, {cols}] sum {sum:e}");
+
+                assert!(
+                    same(got_scale[0], scale),
+                    "{what}: scale {} vs {scale}",
+                    got_scale[0]
+                );
+                assert_eq!(read_codes(&b, &w), codes, "{what}: codes");
+                if latent.iter().all(|v| v.is_finite()) && sum.is_finite() && latent.len() > 100 {
+                    // realistic data: the CPU's f64 sum agrees
+                    let mut cc = vec![0i8; latent.len()];
+                    let cs = tern_tensor::quant::absmean_ternary(&latent, &mut cc);
+                    if rows == 40 {
+                        assert_eq!(cs.to_bits(), scale.to_bits(), "{what}: cpu scale");
+                    }
+                }
+            }
+        }
+    }
+}

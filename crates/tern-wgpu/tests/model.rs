@@ -1,0 +1,185 @@
+//! Whole models on wgpu against the CPU backend: logits of tiny models
+//! (prefill and KV-cache decode) within 1e-3, and 20 LoRA training steps
+//! whose losses follow the CPU's within 1e-3 relative. Device failures come
+//! back as errors. Without an adapter each test prints why it was skipped.
+
+use tern_backend::{Backend, BackendError, Cpu};
+use tern_lora::{Adapter, LoraConfig, Trainer};
+use tern_model::model::ActQuant;
+use tern_model::random::RandomWeights;
+use tern_model::{BitNetConfig, Model};
+use tern_wgpu::{Wgpu, WgpuOptions};
+
+fn gpu() -> Option<Wgpu> {
+    let opts = WgpuOptions {
+        force_fallback: std::env::var_os("TERN_WGPU_ADAPTER").is_none(),
+        adapter: std::env::var("TERN_WGPU_ADAPTER").ok(),
+        ..Default::default()
+    };
+    match Wgpu::with_options(&opts) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            eprintln!("wgpu model test skipped: {e}");
+            None
+        }
+    }
+}
+
+/// relu² + GQA + untied head, and SiLU + MHA + tied embeddings.
+fn configs() -> Vec<BitNetConfig> {
+    [
+        r#"{"hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 90,
+            "hidden_act": "relu2", "tie_word_embeddings": false,
+            "max_position_embeddings": 64}"#,
+        r#"{"hidden_size": 96, "intermediate_size": 130, "num_hidden_layers": 2,
+            "num_attention_heads": 3, "num_key_value_heads": 3, "vocab_size": 77,
+            "hidden_act": "silu", "tie_word_embeddings": true,
+            "max_position_embeddings": 64}"#,
+    ]
+    .iter()
+    .map(|j| BitNetConfig::from_json_str("tiny", j).expect("config"))
+    .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn tiny_model_logits_match_the_cpu() {
+    let Some(_) = gpu() else { return };
+    for (ci, cfg) in configs().into_iter().enumerate() {
+        let w = RandomWeights::new(cfg.clone(), 5);
+        let mut cpu = Model::load(Cpu::with_threads(2), &w).expect("cpu model");
+        let mut gpu = Model::load(gpu().expect("adapter"), &w).expect("wgpu model");
+        let prompt: Vec<u32> = (0..11)
+            .map(|i| (i * 7 + 3) % cfg.vocab_size as u32)
+            .collect();
+        cpu.set_context(20).expect("context");
+        gpu.set_context(20).expect("context");
+        let (a, b) = (
+            cpu.forward(&prompt, true).unwrap(),
+            gpu.forward(&prompt, true).unwrap(),
+        );
+        let d = max_diff(&a, &b);
+        assert!(d <= 1e-3, "config {}: prefill logits differ by {d}", ci);
+        for t in [5u32, 17, 2] {
+            let (a, b) = (
+                cpu.forward(&[t], false).unwrap(),
+                gpu.forward(&[t], false).unwrap(),
+            );
+            let d = max_diff(&a, &b);
+            assert!(d <= 1e-3, "config {}: decode logits differ by {d}", ci);
+        }
+        // the float-activation diagnostic mode as well
+        cpu.set_activation_quant(ActQuant::None);
+        gpu.set_activation_quant(ActQuant::None);
+        cpu.reset();
+        gpu.reset();
+        let (a, b) = (
+            cpu.forward(&prompt, true).unwrap(),
+            gpu.forward(&prompt, true).unwrap(),
+        );
+        let d = max_diff(&a, &b);
+        assert!(d <= 1e-3, "config {}: float-mode logits differ by {d}", ci);
+    }
+}
+
+#[test]
+fn lora_training_follows_the_cpu_loss_curve() {
+    let Some(_) = gpu() else { return };
+    for (ci, cfg) in configs().into_iter().enumerate() {
+        let w = RandomWeights::new(cfg.clone(), 9);
+        let cpu = Model::load(Cpu::with_threads(2), &w).expect("cpu model");
+        let gpu = Model::load(gpu().expect("adapter"), &w).expect("wgpu model");
+        let ad = Adapter::init(
+            &cfg,
+            LoraConfig {
+                rank: 4,
+                alpha: 8.0,
+                dropout: 0.1,
+                targets: LoraConfig::parse_targets("all").expect("targets"),
+            },
+            3,
+        )
+        .expect("adapter");
+        let (batch, seq) = (2, 16);
+        let toks: Vec<u32> = (0..batch * seq + 1)
+            .map(|i| ((i * 13 + 5) % cfg.vocab_size) as u32)
+            .collect();
+        let (x, mut y) = (toks[..batch * seq].to_vec(), toks[1..].to_vec());
+        y[3] = u32::MAX; // a masked position
+        let a = train(&cpu, &ad, &x, &y, batch, seq);
+        let b = train(&gpu, &ad, &x, &y, batch, seq);
+        assert!(
+            a[19] < a[0] - 0.05,
+            "config {}: the CPU run must learn: {a:?}",
+            ci
+        );
+        for (i, (l1, l2)) in a.iter().zip(&b).enumerate() {
+            let rel = (l1 - l2).abs() / l1.abs();
+            assert!(
+                rel <= 1e-3,
+                "config {}: step {i}: cpu loss {l1}, wgpu loss {l2} (relative {rel:e})",
+                ci
+            );
+        }
+    }
+}
+
+fn train<B: Backend>(
+    m: &Model<B>,
+    ad: &Adapter,
+    x: &[u32],
+    y: &[u32],
+    batch: usize,
+    seq: usize,
+) -> Vec<f64> {
+    let mut tr = Trainer::new(m, ad, ActQuant::PerTokenInt8).expect("trainer");
+    tr.set_dropout_state(17, 0);
+    let n = y.iter().filter(|&&t| t != u32::MAX).count() as f32;
+    (0..20)
+        .map(|_| {
+            let st = tr
+                .forward_backward(x, y, batch, seq, Some(1.0 / n))
+                .expect("step");
+            tr.clip_grad_norm(1.0).expect("clip");
+            tr.optimizer_step(2e-2, 0.9, 0.999, 1e-8, 0.01);
+            st.mean()
+        })
+        .collect()
+}
+
+#[test]
+fn oversized_buffers_are_errors() {
+    let Some(b) = gpu() else { return };
+    let limit = b.report().max_buffer;
+    match b.zeros((limit / 4 + 16) as usize) {
+        Err(BackendError::Limit { what, .. }) => assert!(what.contains("buffer"), "{what}"),
+        Err(e) => panic!("expected a limit error, got {e}"),
+        Ok(_) => panic!("a buffer past max_buffer_size was allocated"),
+    }
+}
+
+#[test]
+fn a_lost_device_is_an_error_not_a_hang() {
+    let Some(b) = gpu() else { return };
+    let x = b.upload(&[1.0, 2.0, 3.0]).expect("upload");
+    let mut y = b.zeros(3).expect("zeros");
+    b.simulate_device_loss();
+    b.axpy(2.0, &x, &mut y);
+    match b.download(&y) {
+        Err(e @ BackendError::DeviceLost { .. }) => {
+            assert!(e.to_string().contains("device lost"), "{e}")
+        }
+        Err(e) => panic!("expected device lost, got {e}"),
+        Ok(v) => panic!("download after device loss returned {v:?}"),
+    }
+    // every later call reports it too, without panicking
+    assert!(b.upload(&[1.0]).is_err() || b.download(&y).is_err());
+}
