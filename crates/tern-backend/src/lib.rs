@@ -186,6 +186,13 @@ pub trait Backend: Send + Sync {
 
     // ---- memory -------------------------------------------------------
     fn zeros(&self, len: usize) -> Result<Self::Buf, BackendError>;
+    /// A buffer of `len` values with unspecified contents, for an output that
+    /// the next op overwrites entirely before anything reads it. Backends
+    /// that recycle memory skip the zeroing; the default is
+    /// [`Backend::zeros`].
+    fn alloc(&self, len: usize) -> Result<Self::Buf, BackendError> {
+        self.zeros(len)
+    }
     fn upload(&self, data: &[f32]) -> Result<Self::Buf, BackendError>;
     fn upload_ids(&self, data: &[u32]) -> Result<Self::Ids, BackendError>;
     fn upload_ternary(&self, w: &dyn TernarySource) -> Result<Self::Ternary, BackendError>;

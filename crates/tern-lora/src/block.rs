@@ -138,24 +138,24 @@ pub(crate) fn forward<B: Backend, H: BlockHooks<B>>(
     let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
     let eps = cfg.rms_norm_eps;
     let mut a = BlockActs {
-        n1: be.zeros(rows * h)?,
-        rstd1: be.zeros(rows)?,
-        q: be.zeros(rows * qd)?,
-        k: be.zeros(rows * kvd)?,
-        v: be.zeros(rows * kvd)?,
-        att: be.zeros(rows * qd)?,
-        lse: be.zeros(batch * nh * seq)?,
-        att_n: be.zeros(rows * qd)?,
-        rstd2: be.zeros(rows)?,
-        h: be.zeros(rows * h)?,
-        n2: be.zeros(rows * h)?,
-        rstd3: be.zeros(rows)?,
-        g: be.zeros(rows * f)?,
-        u: be.zeros(rows * f)?,
-        a: be.zeros(rows * f)?,
-        a_n: be.zeros(rows * f)?,
-        rstd4: be.zeros(rows)?,
-        out: be.zeros(rows * h)?,
+        n1: be.alloc(rows * h)?,
+        rstd1: be.alloc(rows)?,
+        q: be.alloc(rows * qd)?,
+        k: be.alloc(rows * kvd)?,
+        v: be.alloc(rows * kvd)?,
+        att: be.alloc(rows * qd)?,
+        lse: be.alloc(batch * nh * seq)?,
+        att_n: be.alloc(rows * qd)?,
+        rstd2: be.alloc(rows)?,
+        h: be.alloc(rows * h)?,
+        n2: be.alloc(rows * h)?,
+        rstd3: be.alloc(rows)?,
+        g: be.alloc(rows * f)?,
+        u: be.alloc(rows * f)?,
+        a: be.alloc(rows * f)?,
+        a_n: be.alloc(rows * f)?,
+        rstd4: be.alloc(rows)?,
+        out: be.alloc(rows * h)?,
     };
     be.rmsnorm(x, &layer.attn_norm, &mut a.n1, &mut a.rstd1, rows, h, eps);
     hk.proj_fwd(l, Proj::Q, &a.n1, &mut a.q, rows)?;
@@ -218,7 +218,8 @@ pub(crate) fn backward<B: Backend, H: BlockHooks<B>>(
     let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
     let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
     let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
-    let zeros = |hk: &H, n: usize| hk.model().backend.zeros(n);
+    // every buffer below is an op's output, written before it is read
+    let zeros = |hk: &H, n: usize| hk.model().backend.alloc(n);
 
     // out = h + down(ffn_sub_norm(act(g) * u))
     let mut d_an = zeros(hk, rows * f)?;

@@ -152,7 +152,7 @@ impl<'m, B: Backend> Trainer<'m, B> {
             return Ok(x);
         }
         let be = self.be();
-        let mut xd = be.zeros(be.len(x))?;
+        let mut xd = be.alloc(be.len(x))?;
         be.dropout(x, &mut xd, self.cfg.dropout, self.mask_seed(l, p));
         Ok(scratch.insert(xd))
     }
@@ -255,7 +255,7 @@ impl<'m, B: Backend> Trainer<'m, B> {
 
         // Forward, keeping each block's input (the checkpoints).
         let mut xs: Vec<B::Buf> = Vec::with_capacity(model.layers.len() + 1);
-        let mut x0 = be.zeros(rows * h)?;
+        let mut x0 = be.alloc(rows * h)?;
         be.embedding(&model.embed, &ids, &mut x0, h);
         xs.push(x0);
         for l in 0..model.layers.len() {
@@ -263,8 +263,8 @@ impl<'m, B: Backend> Trainer<'m, B> {
             xs.push(acts.out);
         }
         let x_last = xs.last().expect("embedding output");
-        let mut xn = be.zeros(rows * h)?;
-        let mut rstd = be.zeros(rows)?;
+        let mut xn = be.alloc(rows * h)?;
+        let mut rstd = be.alloc(rows)?;
         be.rmsnorm(
             x_last,
             &model.norm,
@@ -275,14 +275,14 @@ impl<'m, B: Backend> Trainer<'m, B> {
             cfg.rms_norm_eps,
         );
         let head = model.lm_head.as_ref().unwrap_or(&model.embed);
-        let mut logits = be.zeros(rows * vocab)?;
+        let mut logits = be.alloc(rows * vocab)?;
         be.matmul(
             &xn,
             head,
             &mut logits,
             gemm(rows, h, vocab, false, true, 1.0, 0.0),
         );
-        let mut loss = be.zeros(rows)?;
+        let mut loss = be.alloc(rows)?;
         let n_tokens = targets.iter().filter(|&&t| t != u32::MAX).count();
         let Some(scale) = grad_scale else {
             be.cross_entropy(&logits, &tgt, &mut loss, None, rows, vocab, 1.0);
@@ -300,7 +300,7 @@ impl<'m, B: Backend> Trainer<'m, B> {
             scale,
         );
         drop(logits);
-        let mut dxn = be.zeros(rows * h)?;
+        let mut dxn = be.alloc(rows * h)?;
         be.matmul(
             &dlogits,
             head,
@@ -308,7 +308,7 @@ impl<'m, B: Backend> Trainer<'m, B> {
             gemm(rows, vocab, h, false, false, 1.0, 0.0),
         );
         drop(dlogits);
-        let mut dx = be.zeros(rows * h)?;
+        let mut dx = be.alloc(rows * h)?;
         be.rmsnorm_backward(x_last, &model.norm, &rstd, &dxn, &mut dx, None, rows, h);
         for l in (0..model.layers.len()).rev() {
             dx = block::backward(self, l, &xs[l], &dx, &pos, batch, seq)?;
@@ -469,7 +469,7 @@ impl<B: Backend> BlockHooks<B> for Trainer<'_, B> {
             let r = self.cfg.rank;
             let mut scratch = None;
             let x = self.lora_input(l, p, x, &mut scratch)?;
-            let mut t = be.zeros(rows * r)?;
+            let mut t = be.alloc(rows * r)?;
             be.matmul(x, &pr.a, &mut t, gemm(rows, inp, r, false, true, 1.0, 0.0));
             be.matmul(
                 &t,
@@ -512,7 +512,7 @@ impl<B: Backend> BlockHooks<B> for Trainer<'_, B> {
         let be = &model.backend;
         let w = Self::weight(&model.layers[l], p);
         if accumulate {
-            let mut tmp = be.zeros(rows * inp)?;
+            let mut tmp = be.alloc(rows * inp)?;
             be.ternary_matmul_backward(w, dy, &mut tmp, rows);
             be.axpy(1.0, &tmp, dx);
         } else {
@@ -524,21 +524,21 @@ impl<B: Backend> BlockHooks<B> for Trainer<'_, B> {
             let mask_seed = self.mask_seed(l, p);
             let xd = self.lora_input(l, p, x, &mut scratch)?;
             let pr = &self.params[i];
-            let mut t = be.zeros(rows * r)?;
+            let mut t = be.alloc(rows * r)?;
             be.matmul(xd, &pr.a, &mut t, gemm(rows, inp, r, false, true, 1.0, 0.0));
             // dt = s · dy B
-            let mut dt = be.zeros(rows * r)?;
+            let mut dt = be.alloc(rows * r)?;
             be.matmul(dy, &pr.b, &mut dt, gemm(rows, out, r, false, false, s, 0.0));
             // dx += dropout'(dt A): the same mask on the way back.
             if dropped {
-                let mut dxd = be.zeros(rows * inp)?;
+                let mut dxd = be.alloc(rows * inp)?;
                 be.matmul(
                     &dt,
                     &pr.a,
                     &mut dxd,
                     gemm(rows, r, inp, false, false, 1.0, 0.0),
                 );
-                let mut masked = be.zeros(rows * inp)?;
+                let mut masked = be.alloc(rows * inp)?;
                 be.dropout(&dxd, &mut masked, self.cfg.dropout, mask_seed);
                 be.axpy(1.0, &masked, dx);
             } else {

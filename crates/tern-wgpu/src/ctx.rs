@@ -23,12 +23,29 @@ const SLOTS: u64 = 8192;
 /// Threads per workgroup of the element-wise kernels.
 pub(crate) const WG: u32 = 256;
 
+/// Counters of the runtime's own work, printed at exit when the environment
+/// variable `TERN_WGPU_STATS` is set (where the host time of a run goes).
+#[derive(Default, Debug)]
+pub(crate) struct Stats {
+    dispatches: u64,
+    bind_group_misses: u64,
+    buffers_created: u64,
+    submits: u64,
+    record_s: f64,
+    submit_s: f64,
+    wait_s: f64,
+    /// With `TERN_WGPU_STATS=profile`: seconds and calls per kernel, each
+    /// dispatch submitted and waited for alone (slow; for finding hot spots).
+    kernels: HashMap<String, (f64, u64)>,
+}
+
 /// Bind groups kept for reuse before the cache starts over.
 const BIND_GROUP_CACHE: usize = 16384;
 
 /// A compiled kernel: its pipeline and bind group layout.
 pub(crate) struct Kernel {
     pub pipeline: wgpu::ComputePipeline,
+    name: String,
     layout: wgpu::BindGroupLayout,
     id: usize,
 }
@@ -146,6 +163,36 @@ pub(crate) struct Ctx {
     /// training allocates the same activation buffers every step, and a
     /// reused buffer keeps its cached bind groups.
     pub pool: Arc<Mutex<HashMap<u64, Vec<wgpu::Buffer>>>>,
+    stats: Mutex<Stats>,
+    profile: bool,
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        if std::env::var_os("TERN_WGPU_STATS").is_some() {
+            let s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            eprintln!(
+                "{}: {} dispatches, {} bind groups created, {} buffers created, {} submits; \
+                 host: recording {:.3} s, submitting {:.3} s, waiting {:.3} s",
+                self.name(),
+                s.dispatches,
+                s.bind_group_misses,
+                s.buffers_created,
+                s.submits,
+                s.record_s,
+                s.submit_s,
+                s.wait_s
+            );
+            let mut k: Vec<_> = s.kernels.iter().collect();
+            k.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+            for (name, (t, n)) in k.iter().take(30) {
+                eprintln!(
+                    "  {t:9.4} s {n:8} calls {:8.1} us/call  {name}",
+                    t / *n as f64 * 1e6
+                );
+            }
+        }
+    }
 }
 
 fn backend_name(info: &wgpu::AdapterInfo) -> String {
@@ -295,6 +342,8 @@ impl Ctx {
             lost,
             mem: Arc::new(Mutex::new((0, 0))),
             pool: Arc::new(Mutex::new(HashMap::new())),
+            stats: Mutex::new(Stats::default()),
+            profile: std::env::var("TERN_WGPU_STATS").is_ok_and(|v| v == "profile"),
         })
     }
 
@@ -419,6 +468,7 @@ impl Ctx {
         let mut m = self.mem.lock().unwrap_or_else(|p| p.into_inner());
         m.0 += size;
         m.1 = m.1.max(m.0);
+        self.stat(|s| s.buffers_created += 1);
         Ok(buf)
     }
 
@@ -480,21 +530,6 @@ impl Ctx {
         });
     }
 
-    /// Record a device-side copy of `bytes` bytes.
-    pub fn copy_bytes(
-        &self,
-        src: &wgpu::Buffer,
-        so: u64,
-        dst: &wgpu::Buffer,
-        dof: u64,
-        bytes: u64,
-    ) {
-        if bytes == 0 {
-            return;
-        }
-        self.with_encoder(|enc| enc.copy_buffer_to_buffer(src, so, dst, dof, bytes));
-    }
-
     /// Read `bytes` bytes from byte `offset` of `src` (flushes and waits).
     pub fn read_bytes(
         &self,
@@ -543,10 +578,13 @@ impl Ctx {
 
     /// Wait for all submitted work; reports asynchronous errors.
     pub fn wait(&self) -> Result<(), BackendError> {
-        if let Err(e) = self.device.poll(wgpu::PollType::Wait {
+        let t = std::time::Instant::now();
+        let r = self.device.poll(wgpu::PollType::Wait {
             submission_index: None,
             timeout: None,
-        }) {
+        });
+        self.stat(|s| s.wait_s += t.elapsed().as_secs_f64());
+        if let Err(e) = r {
             return Err(self.take_error().unwrap_or(self.lost(format!("{e}"))));
         }
         match self.take_error() {
@@ -556,6 +594,10 @@ impl Ctx {
     }
 
     // ---- recording ----------------------------------------------------------
+
+    fn stat(&self, f: impl FnOnce(&mut Stats)) {
+        f(&mut self.stats.lock().unwrap_or_else(|p| p.into_inner()));
+    }
 
     fn open(&self) -> Recording {
         Recording {
@@ -581,11 +623,16 @@ impl Ctx {
     pub fn flush(&self) {
         let rec = self.rec.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(mut rec) = rec {
+            let t = std::time::Instant::now();
             rec.pass = None;
             if !rec.params.is_empty() {
                 self.queue.write_buffer(&self.param_buf, 0, &rec.params);
             }
             self.queue.submit([rec.encoder.finish()]);
+            self.stat(|s| {
+                s.submits += 1;
+                s.submit_s += t.elapsed().as_secs_f64();
+            });
         }
     }
 
@@ -658,6 +705,7 @@ impl Ctx {
             });
         let k = Arc::new(Kernel {
             pipeline,
+            name: key.to_string(),
             layout,
             id: cache.len(),
         });
@@ -671,6 +719,7 @@ impl Ctx {
         if groups.contains(&0) {
             return;
         }
+        let t = std::time::Instant::now();
         let max = self.limits.max_compute_workgroups_per_dimension;
         assert!(
             groups.iter().all(|&g| g <= max),
@@ -707,6 +756,22 @@ impl Ctx {
         pass.set_bind_group(0, &bg, &[slot]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         rec.dispatches += 1;
+        drop(guard);
+        self.stat(|s| {
+            s.dispatches += 1;
+            s.record_s += t.elapsed().as_secs_f64();
+        });
+        if self.profile {
+            let t = std::time::Instant::now();
+            self.flush();
+            let _ = self.wait();
+            let dt = t.elapsed().as_secs_f64();
+            self.stat(|s| {
+                let e = s.kernels.entry(k.name.clone()).or_default();
+                e.0 += dt;
+                e.1 += 1;
+            });
+        }
     }
 
     /// The bind group of `views` for `k`, from the cache when the same
@@ -735,6 +800,7 @@ impl Ctx {
         if cache.len() >= BIND_GROUP_CACHE {
             cache.clear();
         }
+        self.stat(|s| s.bind_group_misses += 1);
         let mut entries = Vec::with_capacity(views.len() + 1);
         entries.push(wgpu::BindGroupEntry {
             binding: 0,

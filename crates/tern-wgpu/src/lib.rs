@@ -181,6 +181,9 @@ impl Backend for Wgpu {
     fn zeros(&self, len: usize) -> Result<WBuf, BackendError> {
         self.new_buf("tensor", len)
     }
+    fn alloc(&self, len: usize) -> Result<WBuf, BackendError> {
+        self.alloc("tensor", len, false)
+    }
     fn upload(&self, data: &[f32]) -> Result<WBuf, BackendError> {
         let b = self.alloc("tensor", data.len(), false)?;
         self.ctx.write_bytes(&b.buf, 0, bytemuck::cast_slice(data));
@@ -239,7 +242,7 @@ impl Backend for Wgpu {
     }
     fn copy(&self, x: &WBuf, y: &mut WBuf) {
         assert_eq!(x.len, y.len, "copy: lengths");
-        self.ctx.copy_bytes(&x.buf, 0, &y.buf, 0, x.len as u64 * 4);
+        ops::basic::copy_range(self, x, 0, y, 0, x.len);
     }
     fn axpy(&self, alpha: f32, x: &WBuf, y: &mut WBuf) {
         ops::basic::axpy(self, alpha, x, y)

@@ -149,7 +149,7 @@ fn train<B: Backend>(
                 .forward_backward(x, y, batch, seq, Some(1.0 / n))
                 .expect("step");
             tr.clip_grad_norm(1.0).expect("clip");
-            tr.optimizer_step(2e-2, 0.9, 0.999, 1e-8, 0.01);
+            tr.optimizer_step(1e-2, 0.9, 0.999, 1e-8, 0.01);
             st.mean()
         })
         .collect()

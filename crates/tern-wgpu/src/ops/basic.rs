@@ -92,6 +92,10 @@ pub(crate) fn fill_zero(b: &Wgpu, buf: &wgpu::Buffer, len: usize) {
     }
 }
 
+/// `dst[dst_off..dst_off + n] = src[src_off..src_off + n]` as a compute
+/// dispatch (window by window), so the copy stays inside the open compute
+/// pass: a transfer command would end it, and on some GPUs a pass switch costs
+/// more than a small dispatch (KV-cache appends happen twice per layer).
 pub(crate) fn copy_range(
     b: &Wgpu,
     src: &WBuf,
@@ -104,11 +108,22 @@ pub(crate) fn copy_range(
         src_off + n <= src.len && dst_off + n <= dst.len,
         "copy_range: out of range"
     );
-    b.ctx.copy_bytes(
-        &src.buf,
-        src_off as u64 * 4,
-        &dst.buf,
-        dst_off as u64 * 4,
-        n as u64 * 4,
-    );
+    let pipe = b
+        .ctx
+        .pipeline("basic/copy", || preprocess(BASIC, &["COPY"], &[]));
+    let chunk = b.ctx.window_elems();
+    let mut start = 0;
+    while start < n {
+        let m = chunk.min(n - start);
+        let (vx, sx) = b.ctx.view(&src.buf, src_off + start, m);
+        let (vy, sy) = b.ctx.view(&dst.buf, dst_off + start, m);
+        let groups = b.ctx.grid((m as u32).div_ceil(WG));
+        b.ctx.dispatch(
+            &pipe,
+            &[m as u32, sx, sy, f(0.0), f(1.0)],
+            &[vx, vy],
+            groups,
+        );
+        start += m;
+    }
 }

@@ -231,6 +231,92 @@ fn view4<'a>(b: &Wgpu, buf: &'a wgpu::Buffer, start: usize, n: usize) -> (View<'
     (v, s / 4)
 }
 
+// The register tiles of the tiled kernels are written out as named scalars
+// (`s{i}{j}`, `t{i}{j}`) by the generators below: a private array indexed in a
+// loop is placed in slow local memory by some GPU compilers (NVIDIA's among
+// them), which made these kernels an order of magnitude slower.
+
+/// `ternary_mm.wgsl`: `tm x 4` i32 accumulators.
+fn mm_decl(tm: usize) -> String {
+    let mut s = String::new();
+    for i in 0..tm {
+        for j in 0..4 {
+            s += &format!("    var s{i}{j}: i32 = 0;\n");
+        }
+    }
+    s
+}
+
+/// One packed weight word column `k` of a step: 4 features x 4 code groups.
+fn mm_step(tm: usize) -> String {
+    let mut s = String::new();
+    for j in 0..4 {
+        s += &format!("            let wd{j} = ws[k * BN + tx + {}u];\n", 16 * j);
+    }
+    for q in 0..4 {
+        for i in 0..tm {
+            s += &format!(
+                "            let x{q}{i} = xs[(4u * k + {q}u) * BM + ty + {}u];\n",
+                16 * i
+            );
+        }
+        for j in 0..4 {
+            s += &format!("            let d{q}{j} = (wd{j} >> {}u) & M2;\n", 2 * q);
+            for i in 0..tm {
+                s += &format!("            s{i}{j} += dot4I8Packed(d{q}{j}, x{q}{i});\n");
+            }
+        }
+    }
+    s
+}
+
+fn mm_store(tm: usize) -> String {
+    let mut s = String::new();
+    for i in 0..tm {
+        for j in 0..4 {
+            s += &format!(
+                "    put(r0 + ty + {}u, o0 + tx + {}u, s{i}{j}, scale);\n",
+                16 * i,
+                16 * j
+            );
+        }
+    }
+    s
+}
+
+/// `ternary_float.wgsl`: 4 x 4 outputs per thread, a two-level sum.
+fn float_subs() -> [(&'static str, String); 3] {
+    let (mut decl, mut step, mut store) = (String::new(), String::new(), String::new());
+    for i in 0..4 {
+        for j in 0..4 {
+            decl += &format!("    var t{i}{j}: f32 = 0.0;\n");
+            step += &format!("        var p{i}{j}: f32 = 0.0;\n");
+            store += &format!(
+                "    put(r0 + ty + {}u, n0 + tx + {}u, t{i}{j} * scale);\n",
+                16 * i,
+                16 * j
+            );
+        }
+    }
+    step += "        for (var k = 0u; k < BK; k++) {\n";
+    for i in 0..4 {
+        step += &format!("            let a{i} = at[k * BM + ty + {}u];\n", 16 * i);
+        step += &format!("            let b{i} = bs[k * BN + tx + {}u];\n", 16 * i);
+    }
+    for i in 0..4 {
+        for j in 0..4 {
+            step += &format!("            p{i}{j} += a{i} * b{j};\n");
+        }
+    }
+    step += "        }\n";
+    for i in 0..4 {
+        for j in 0..4 {
+            step += &format!("        t{i}{j} += p{i}{j};\n");
+        }
+    }
+    [("DECL", decl), ("STEP", step), ("STORE", store)]
+}
+
 fn shader(src: &str, defs: &[&str], subs: &[(&str, String)]) -> String {
     let mut s = String::from(EXACT);
     s.push_str(&preprocess(src, defs, subs));
@@ -420,7 +506,9 @@ pub(crate) fn ternary_matmul(b: &Wgpu, w: &WTernary, x: &WBuf, y: &mut WBuf, row
                 &[
                     ("TM", tm.to_string()),
                     ("XS", (32 * 16 * tm).to_string()),
-                    ("ACC", (4 * tm).to_string()),
+                    ("DECL", mm_decl(tm)),
+                    ("STEP", mm_step(tm)),
+                    ("STORE", mm_store(tm)),
                 ],
             )
         })
@@ -493,9 +581,9 @@ pub(crate) fn ternary_matmul_float(b: &Wgpu, w: &WTernary, x: &WBuf, y: &mut WBu
     let nr0 = rows.min(rows_fit(win, cols, xcols));
     let no0 = out.min(rows_fit(win, wpr, kc));
     let (rb, ob) = fit_block(win, rows, nr0, out, no0, TILE, TILE);
-    let pipe = b
-        .ctx
-        .pipeline("ternary/float/fwd", || shader(FLOAT, &["FWD"], &[]));
+    let pipe = b.ctx.pipeline("ternary/float/fwd", || {
+        shader(FLOAT, &["FWD"], &float_subs())
+    });
     let (vc, sc) = b.ctx.view(&w.scale, 0, 1);
     let mut r0 = 0;
     while r0 < rows {
@@ -567,9 +655,9 @@ pub(crate) fn ternary_matmul_backward(
     } else {
         nr0.max(1)
     };
-    let pipe = b
-        .ctx
-        .pipeline("ternary/float/bwd", || shader(FLOAT, &["BWD"], &[]));
+    let pipe = b.ctx.pipeline("ternary/float/bwd", || {
+        shader(FLOAT, &["BWD"], &float_subs())
+    });
     let (vc, sc) = b.ctx.view(&w.scale, 0, 1);
     let mut r0 = 0;
     while r0 < rows {

@@ -12,6 +12,10 @@ struct P {
 }
 @group(0) @binding(0) var<uniform> p: P;
 
+#ifdef COPY
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+#endif
 #ifdef AXPY
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
@@ -37,5 +41,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 #endif
 #ifdef FILL
     y[p.sy + i] = p.alpha;
+#endif
+#ifdef COPY
+    y[p.sy + i] = x[p.sx + i];
 #endif
 }

@@ -52,6 +52,18 @@ fn code(word: u32, j: u32) -> f32 {
     return f32((word >> (8u * (j % 4u) + 2u * (j / 4u))) & 3u) - 1.0;
 }
 
+fn put(r: u32, n: u32, v: f32) {
+    if (r >= p.nr || n >= p.nn) {
+        return;
+    }
+    let idx = p.so + r * p.os + n;
+    if (p.first == 1u) {
+        o[idx] = v;
+    } else {
+        o[idx] = o[idx] + v;
+    }
+}
+
 @compute @workgroup_size(256)
 fn main(
     @builtin(local_invocation_index) t: u32,
@@ -61,12 +73,7 @@ fn main(
     let ty = t / 16u;
     let n0 = wg.x * BN;
     let r0 = wg.y * BM;
-    var total: array<f32, 16>;
-    var part: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        total[i] = 0.0;
-    }
-    // loader coordinates: 64 rows x 16 reduction indices, 4 per thread
+{{DECL}}    // loader coordinates: 64 rows x 16 reduction indices, 4 per thread
     let lrow = t / 4u;
     let lk = (t % 4u) * 4u;
     for (var k0 = 0u; k0 < p.nk; k0 += BK) {
@@ -109,45 +116,7 @@ fn main(
         }
 #endif
         workgroupBarrier();
-        for (var i = 0u; i < 16u; i++) {
-            part[i] = 0.0;
-        }
-        for (var k = 0u; k < BK; k++) {
-            var av: array<f32, 4>;
-            var bv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                av[i] = at[k * BM + ty + 16u * i];
-                bv[i] = bs[k * BN + tx + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    part[i * 4u + j] += av[i] * bv[j];
-                }
-            }
-        }
-        for (var i = 0u; i < 16u; i++) {
-            total[i] += part[i];
-        }
-        workgroupBarrier();
+{{STEP}}        workgroupBarrier();
     }
     let scale = wscale[p.sc];
-    for (var i = 0u; i < 4u; i++) {
-        let r = r0 + ty + 16u * i;
-        if (r >= p.nr) {
-            continue;
-        }
-        for (var j = 0u; j < 4u; j++) {
-            let n = n0 + tx + 16u * j;
-            if (n >= p.nn) {
-                continue;
-            }
-            let idx = p.so + r * p.os + n;
-            let v = total[i * 4u + j] * scale;
-            if (p.first == 1u) {
-                o[idx] = v;
-            } else {
-                o[idx] = o[idx] + v;
-            }
-        }
-    }
-}
+{{STORE}}}

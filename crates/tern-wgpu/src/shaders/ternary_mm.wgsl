@@ -44,6 +44,26 @@ var<workgroup> xs: array<u32, {{XS}}>;
 // ws[k * BN + feature]: packed weight word k (of KW) of the step
 var<workgroup> ws: array<u32, 512>;
 
+// One output of the tile: finish (exact division) or keep the partial sum.
+fn put(r: u32, o: u32, part: i32, scale: f32) {
+    if (r >= p.nr || o >= p.no) {
+        return;
+    }
+    let si = p.ss + r * 4u;
+    let a = bitcast<f32>(st[si + 1u]);
+    let sx = bitcast<i32>(st[si + 2u]);
+    let yi = r * p.ys + o;
+    var total = part;
+    if (p.first == 0u) {
+        total += acc[p.sa + yi];
+    }
+    if (p.last == 1u) {
+        y[p.sy + yi] = fdiv(exact_i2f(total - sx) * scale, a);
+    } else {
+        acc[p.sa + yi] = total;
+    }
+}
+
 @compute @workgroup_size(256)
 fn main(
     @builtin(local_invocation_index) t: u32,
@@ -53,11 +73,9 @@ fn main(
     let ty = t / 16u;
     let o0 = wg.x * BN;
     let r0 = wg.y * BM;
-    var sum: array<i32, {{ACC}}>;
-    for (var i = 0u; i < 4u * TM; i++) {
-        sum[i] = 0;
-    }
-    for (var k0 = 0u; k0 < p.nk; k0 += KW) {
+    // the TM x 4 accumulators are named registers (generated: an indexed
+    // private array would live in slow local memory on some GPUs)
+{{DECL}}    for (var k0 = 0u; k0 < p.nk; k0 += KW) {
         // activations: BM rows x 8 vec4 (one per weight word), TM / 2 per thread
         for (var l = 0u; l < TM / 2u; l++) {
             let idx = t + 256u * l;
@@ -87,49 +105,8 @@ fn main(
         }
         workgroupBarrier();
         for (var k = 0u; k < KW; k++) {
-            var wd: array<u32, 4>;
-            for (var j = 0u; j < 4u; j++) {
-                wd[j] = ws[k * BN + tx + 16u * j];
-            }
-            for (var q = 0u; q < 4u; q++) {
-                var xv: array<u32, TM>;
-                for (var i = 0u; i < TM; i++) {
-                    xv[i] = xs[(4u * k + q) * BM + ty + 16u * i];
-                }
-                for (var j = 0u; j < 4u; j++) {
-                    let d = (wd[j] >> (2u * q)) & M2;
-                    for (var i = 0u; i < TM; i++) {
-                        sum[i * 4u + j] += dot4I8Packed(d, xv[i]);
-                    }
-                }
-            }
-        }
+{{STEP}}        }
         workgroupBarrier();
     }
     let scale = wscale[p.sc];
-    for (var i = 0u; i < TM; i++) {
-        let r = r0 + ty + 16u * i;
-        if (r >= p.nr) {
-            continue;
-        }
-        let si = p.ss + r * 4u;
-        let a = bitcast<f32>(st[si + 1u]);
-        let sx = bitcast<i32>(st[si + 2u]);
-        for (var j = 0u; j < 4u; j++) {
-            let o = o0 + tx + 16u * j;
-            if (o >= p.no) {
-                continue;
-            }
-            let yi = r * p.ys + o;
-            var total = sum[i * 4u + j];
-            if (p.first == 0u) {
-                total += acc[p.sa + yi];
-            }
-            if (p.last == 1u) {
-                y[p.sy + yi] = fdiv(exact_i2f(total - sx) * scale, a);
-            } else {
-                acc[p.sa + yi] = total;
-            }
-        }
-    }
-}
+{{STORE}}}
