@@ -41,6 +41,8 @@ const QUANT: &str = include_str!("../shaders/ternary_quant.wgsl");
 const MV: &str = include_str!("../shaders/ternary_mv.wgsl");
 const MM: &str = include_str!("../shaders/ternary_mm.wgsl");
 const FLOAT: &str = include_str!("../shaders/ternary_float.wgsl");
+const FLOAT_BWD: &str = include_str!("../shaders/ternary_float_bwd.wgsl");
+const FLOAT_SUMK: &str = include_str!("../shaders/ternary_float_sumk.wgsl");
 const REQUANT: &str = include_str!("../shaders/ternary_requant.wgsl");
 
 /// Codes per packed word.
@@ -51,6 +53,9 @@ const ROW_WORDS: usize = 8;
 const MV_MAX_ROWS: usize = 8;
 /// Output features per workgroup of the matvec kernel.
 const MV_FEATURES: usize = 8;
+/// 16-byte groups of packed activations the fused matvec keeps in workgroup
+/// memory (16 KiB with its 16 atomic words).
+const MV_FUSED_VEC4: usize = 1020;
 /// Tile of the tiled kernels (rows and features / columns).
 const TILE: usize = 64;
 /// The tiled integer product takes 64-row tiles when that gives at least this
@@ -58,6 +63,14 @@ const TILE: usize = 64;
 /// products on wide GPUs, more reuse of each decoded weight word for large
 /// ones). A tuning knob.
 const MM_TALL_MIN_TILES: usize = 256;
+/// The transposed float product takes the 128 x 128 tiles from this many
+/// rows on (training's 128-row products), the 64 x 64 ones below.
+const BWD_BIG_ROWS: usize = 65;
+/// Workgroups the big transposed product aims for by splitting the reduction
+/// (two per SM of a 132-SM GPU); each split covers at least
+/// `BWD_SPLIT_MIN_K` features. Tuning knobs.
+const BWD_SPLIT_TARGET: usize = 264;
+const BWD_SPLIT_MIN_K: usize = 256;
 /// Latent elements per workgroup of the re-quantization sum.
 const SUM_PER_WG: usize = 4096;
 /// u32 words of the re-quantization scratch (bins, flags, s).
@@ -317,6 +330,39 @@ fn float_subs() -> [(&'static str, String); 3] {
     [("DECL", decl), ("STEP", step), ("STORE", store)]
 }
 
+/// `ternary_float_bwd.wgsl`: 8 x 8 f32 accumulators per thread (two vec4
+/// column groups of 8 rows).
+fn bwd_source(defs: &[&str]) -> String {
+    let (mut decl, mut fma, mut write) = (String::new(), String::new(), String::new());
+    for r in 0..8 {
+        for h in 0..2 {
+            decl += &format!("    var c{r}_{h} = vec4<f32>(0.0);\n");
+        }
+    }
+    for g in 0..2 {
+        fma += &format!("            let a{g} = tile_a[kk * PA + ty + {g}u * TY];\n");
+    }
+    for h in 0..2 {
+        fma += &format!("            let b{h} = tile_b[kk * PB + tx + {h}u * TX];\n");
+    }
+    for g in 0..2 {
+        for (rr, comp) in ["x", "y", "z", "w"].iter().enumerate() {
+            let r = g * 4 + rr;
+            for h in 0..2 {
+                fma += &format!("            c{r}_{h} += a{g}.{comp} * b{h};\n");
+                write += &format!(
+                    "    write4(i0 + (ty + {g}u * TY) * 4u + {rr}u, j0 + (tx + {h}u * TX) * 4u, c{r}_{h}, scale);\n"
+                );
+            }
+        }
+    }
+    shader(
+        FLOAT_BWD,
+        defs,
+        &[("DECL", decl), ("FMA", fma), ("WRITE", write)],
+    )
+}
+
 fn shader(src: &str, defs: &[&str], subs: &[(&str, String)]) -> String {
     let mut s = String::from(EXACT);
     s.push_str(&preprocess(src, defs, subs));
@@ -450,20 +496,6 @@ pub(crate) fn ternary_matmul(b: &Wgpu, w: &WTernary, x: &WBuf, y: &mut WBuf, row
     // the activation rows are packed to the same length (4 u32 per word).
     let nwv = cols.div_ceil(4 * CODES_PER_WORD) * 4;
     let qs = 4 * nwv;
-    let xq = scratch(b, "ternary/xq", rows * qs * 4);
-    let st = scratch(b, "ternary/stats", rows * 16);
-    quantize(
-        b,
-        &x.buf,
-        rows,
-        cols,
-        &st,
-        QOut::Packed {
-            buf: &xq,
-            words: qs,
-        },
-    );
-
     let win = b.ctx.window_elems();
     let mv = rows <= MV_MAX_ROWS;
     // Weight words per chunk: one row of activations (4 u32 per word) fits.
@@ -488,16 +520,31 @@ pub(crate) fn ternary_matmul(b: &Wgpu, w: &WTernary, x: &WBuf, y: &mut WBuf, row
         (16 * tm, TILE)
     };
     let (rb, ob) = fit_block(win, rows, nr0, out, no0, tr, to);
+    // The matvec quantizes the activations itself (one dispatch) when the
+    // weight rows are not chunked, a block's rows of x fit one binding and
+    // their packed codes fit the kernel's workgroup memory.
+    if mv && !split && rb * cols <= win && rb * nwv <= MV_FUSED_VEC4 {
+        matvec_fused(b, w, x, y, rows, (rb, ob), nwv);
+        return;
+    }
+    let xq = scratch(b, "ternary/xq", rows * qs * 4);
+    let st = scratch(b, "ternary/stats", rows * 16);
+    quantize(
+        b,
+        &x.buf,
+        rows,
+        cols,
+        &st,
+        QOut::Packed {
+            buf: &xq,
+            words: qs,
+        },
+    );
     let acc = scratch(b, "ternary/acc", if split { rows * out * 4 } else { 16 });
     let pipe = if mv {
         let nr = rb.next_power_of_two().min(MV_MAX_ROWS);
-        b.ctx.pipeline(&format!("ternary/mv/{nr}"), || {
-            shader(
-                MV,
-                &[],
-                &[("NR", nr.to_string()), ("RED", (nr * 256).to_string())],
-            )
-        })
+        b.ctx
+            .pipeline(&format!("ternary/mv/{nr}"), || mv_shader(nr, false))
     } else {
         b.ctx.pipeline(&format!("ternary/mm/{tm}"), || {
             shader(
@@ -552,11 +599,107 @@ pub(crate) fn ternary_matmul(b: &Wgpu, w: &WTernary, x: &WBuf, y: &mut WBuf, row
                     sc,
                     sy,
                     sa,
+                    0,
+                    0,
                 ];
                 b.ctx
                     .dispatch(&pipe, &prm, &[vw, vq, vs, vc, vy, va], groups);
                 k0 += nk;
             }
+            o0 += no;
+        }
+        r0 += nr;
+    }
+}
+
+/// `ternary_mv.wgsl` for `nr` rows: the per-row sums as named registers.
+fn mv_shader(nr: usize, fused: bool) -> String {
+    let (mut decl, mut step2, mut step1, mut put, mut reduce) = (
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+    );
+    for r in 0..nr {
+        decl += &format!("    var part{r}: i32 = 0;\n");
+        let guard = if r == 0 {
+            String::new()
+        } else {
+            format!("if ({r}u < p.nr) ")
+        };
+        step2 += &format!(
+            "            {guard}{{ part{r} += dot64(w0, {r}u, k) + dot64(w1, {r}u, k + LANES); }}\n"
+        );
+        step1 += &format!("            {guard}{{ part{r} += dot64(w0, {r}u, k); }}\n");
+        put += &format!("    wr({r}u * 256u + t, part{r});\n");
+        reduce += &format!(
+            "            wr({r}u * 256u + t, rd({r}u * 256u + t) + rd({r}u * 256u + t + s));\n"
+        );
+    }
+    let defs: &[&str] = if fused { &["FUSED"] } else { &[] };
+    shader(
+        MV,
+        defs,
+        &[
+            ("NR", nr.to_string()),
+            ("RED", (nr * 256).to_string()),
+            ("XSV", MV_FUSED_VEC4.to_string()),
+            ("DECL", decl),
+            ("STEP2", step2),
+            ("STEP1", step1),
+            ("PUT", put),
+            ("REDUCE", reduce),
+        ],
+    )
+}
+
+/// The W1.58A8 matvec in one dispatch per block (the kernel quantizes the
+/// activations): blocks of `rb` rows x `ob` features, whole weight rows.
+fn matvec_fused(
+    b: &Wgpu,
+    w: &WTernary,
+    x: &WBuf,
+    y: &mut WBuf,
+    rows: usize,
+    (rb, ob): (usize, usize),
+    nwv: usize,
+) {
+    let (out, cols, wpr) = (w.rows, w.cols, w.wpr);
+    let nr_max = rb.next_power_of_two().min(MV_MAX_ROWS);
+    let pipe = b.ctx.pipeline(&format!("ternary/mv/fused/{nr_max}"), || {
+        mv_shader(nr_max, true)
+    });
+    let (vc, sc) = b.ctx.view(&w.scale, 0, 1);
+    let mut r0 = 0;
+    while r0 < rows {
+        let nr = rb.min(rows - r0);
+        let (vx, sx) = b.ctx.view(&x.buf, r0 * cols, nr * cols);
+        let mut o0 = 0;
+        while o0 < out {
+            let no = ob.min(out - o0);
+            let (vy, sy) = b.ctx.view(&y.buf, r0 * out + o0, span(out, nr, no));
+            let (vw, sw) = view4(b, &w.codes, o0 * wpr, span(wpr, no, nwv));
+            let prm = [
+                no as u32,
+                nr as u32,
+                (wpr / 4) as u32,
+                nwv as u32,
+                nwv as u32,
+                out as u32,
+                1,
+                1,
+                sw,
+                sx,
+                0,
+                sc,
+                sy,
+                0,
+                cols as u32,
+                1e-5f32.to_bits(),
+            ];
+            let groups = b.ctx.grid(no.div_ceil(MV_FEATURES) as u32);
+            b.ctx.dispatch(&pipe, &prm, &[vw, vx, vc, vy], groups);
             o0 += no;
         }
         r0 += nr;
@@ -667,7 +810,6 @@ pub(crate) fn ternary_matmul_backward(
             let nw = nn.min(nwf - n0);
             let c0 = n0 * CODES_PER_WORD;
             let nc = (nw * CODES_PER_WORD).min(cols - c0);
-            let (vx, sx) = b.ctx.view(&dx.buf, r0 * cols + c0, span(cols, nr, nc));
             let groups = [nc.div_ceil(TILE) as u32, nr.div_ceil(TILE) as u32, 1];
             let mut k0 = 0;
             loop {
@@ -678,20 +820,40 @@ pub(crate) fn ternary_matmul_backward(
                 } else {
                     b.ctx.view(&w.codes, k0 * wpr + n0, span(wpr, nk, nw))
                 };
-                let prm = [
-                    nr as u32,
-                    nc as u32,
-                    nk as u32,
-                    out as u32,
-                    wpr as u32,
-                    cols as u32,
-                    (k0 == 0) as u32,
-                    sd,
-                    sw,
-                    sc,
-                    sx,
-                ];
-                b.ctx.dispatch(&pipe, &prm, &[vd, vw, vc, vx], groups);
+                if nr >= BWD_BIG_ROWS {
+                    bwd_big(
+                        b,
+                        (vd, sd),
+                        (vw, sw),
+                        (vc, sc),
+                        (&dx.buf, r0 * cols + c0),
+                        [
+                            nr as u32,
+                            nc as u32,
+                            nk as u32,
+                            out as u32,
+                            wpr as u32,
+                            cols as u32,
+                            (k0 == 0) as u32,
+                        ],
+                    );
+                } else {
+                    let (vx, sx) = b.ctx.view(&dx.buf, r0 * cols + c0, span(cols, nr, nc));
+                    let prm = [
+                        nr as u32,
+                        nc as u32,
+                        nk as u32,
+                        out as u32,
+                        wpr as u32,
+                        cols as u32,
+                        (k0 == 0) as u32,
+                        sd,
+                        sw,
+                        sc,
+                        sx,
+                    ];
+                    b.ctx.dispatch(&pipe, &prm, &[vd, vw, vc, vx], groups);
+                }
                 k0 += nk;
                 if k0 >= out {
                     break;
@@ -701,6 +863,66 @@ pub(crate) fn ternary_matmul_backward(
         }
         r0 += nr;
     }
+}
+
+/// One block of the transposed product with the 128 x 128 tiles: `head` is
+/// (rows, columns, features, dy stride, wpr, dx stride, first); the reduction
+/// is split over workgroups (partial sums in a scratch, then summed in order)
+/// when the block has few tiles.
+fn bwd_big(
+    b: &Wgpu,
+    (vd, sd): (View, u32),
+    (vw, sw): (View, u32),
+    (vc, sc): (View, u32),
+    (dx, start): (&wgpu::Buffer, usize),
+    head: [u32; 7],
+) {
+    let (nr, nc, nk) = (head[0] as usize, head[1] as usize, head[2] as usize);
+    let os = head[5] as usize;
+    let tiles = nr.div_ceil(128) * nc.div_ceil(128);
+    let win = b.ctx.window_elems();
+    let mut splits = 1;
+    if tiles < BWD_SPLIT_TARGET && nk >= 2 * BWD_SPLIT_MIN_K {
+        splits = BWD_SPLIT_TARGET
+            .div_ceil(tiles)
+            .min(nk / BWD_SPLIT_MIN_K)
+            .min(64)
+            .min(win / (nr * nc).max(1));
+    }
+    let kchunk = if splits > 1 {
+        nk.div_ceil(splits).next_multiple_of(8)
+    } else {
+        nk.max(1)
+    };
+    let splits = nk.div_ceil(kchunk).max(1);
+    let (vx, sx) = b.ctx.view(dx, start, span(os, nr, nc));
+    let groups = [
+        nc.div_ceil(128) as u32,
+        nr.div_ceil(128) as u32,
+        splits as u32,
+    ];
+    let mut prm = head.to_vec();
+    if splits == 1 {
+        let pipe = b.ctx.pipeline("ternary/float/bwd128", || bwd_source(&[]));
+        prm.extend([sd, sw, sc, sx, kchunk as u32, 0, 0]);
+        b.ctx.dispatch(&pipe, &prm, &[vd, vw, vc, vx], groups);
+        return;
+    }
+    let zs = nr * nc;
+    let part = scratch(b, "ternary/bwd_part", splits * zs * 4);
+    let (vp, sp) = b.ctx.view(&part, 0, splits * zs);
+    let pipe = b
+        .ctx
+        .pipeline("ternary/float/bwd128/split", || bwd_source(&["SPLIT"]));
+    prm.extend([sd, sw, sc, sx, kchunk as u32, zs as u32, sp]);
+    b.ctx.dispatch(&pipe, &prm, &[vd, vw, vp], groups);
+    let sum = b
+        .ctx
+        .pipeline("ternary/float/bwd128/sumk", || shader(FLOAT_SUMK, &[], &[]));
+    let mut prm = head.to_vec();
+    prm.extend([0, 0, sc, sx, splits as u32, zs as u32, sp]);
+    let g = b.ctx.grid(zs.div_ceil(256) as u32);
+    b.ctx.dispatch(&sum, &prm, &[vp, vc, vx], g);
 }
 
 // ---- re-quantization ------------------------------------------------------------------

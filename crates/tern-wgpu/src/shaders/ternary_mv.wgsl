@@ -2,18 +2,30 @@
 // packed weights. A workgroup owns 8 output features; 32 threads per feature
 // stride over its packed row (consecutive threads read consecutive 16-byte
 // groups of 64 codes), each against up to {{NR}} activation rows, then a
-// workgroup-memory reduction.
+// workgroup-memory reduction. The per-row partial sums are named registers
+// (`part{r}`, written out by ternary.rs).
 //
 // Weight word k of a row holds columns 16k..16k+15; column 16k + 4t + i sits
 // in bits 8i + 2t as u = code + 1. So `(word >> 2t) & 0x03030303` is four
-// unsigned bytes lined up with the int8 activations of xq word 4k + t, and
-// dot4I8Packed gives Σ u·x; the row sum of x (from the quantizer) turns it
-// into Σ code·x. Exact in i32.
+// unsigned bytes lined up with the int8 activations of packed word 4k + t,
+// and dot4I8Packed gives Σ u·x; the row sum of x turns it into Σ code·x.
+// Exact in i32.
 //
-// Chunks: this dispatch covers weight words [k0, k0 + nk) of its views; with
-// `first` the partial sum starts from zero, otherwise from `acc`; with `last`
-// the result `(acc - Σx) * w_scale / a` (exact conversion and division) goes
-// to y, otherwise the partial sum goes back to `acc`.
+// Two variants:
+// - default: the activations were quantized by `ternary_quant` into xq (and
+//   the stats st). Chunks: this dispatch covers weight words [k0, k0 + nk) of
+//   its views; with `first` the partial sum starts from zero, otherwise from
+//   `acc`; with `last` the result `(acc - Σx) * w_scale / a` (exact
+//   conversion and division) goes to y, otherwise the partial sum goes back
+//   to `acc`.
+// - FUSED: one dispatch for the whole product (no chunks): every workgroup
+//   quantizes the f32 activation rows itself, exactly as `ternary_quant`
+//   does (row absmax, a = 127 / max(absmax, 1e-5), round half to even,
+//   clamp), into workgroup memory, then takes the dot products from there.
+//   The packed words are stored so that lane k of a feature reads vec4 j of
+//   its weight vec4 k at xs[row * qs4 + j * nk4 + k] (consecutive lanes,
+//   consecutive 16 bytes). Max and Σ q use workgroup atomics (exact integer
+//   and bit maxima, so the order does not matter).
 struct P {
     no: u32,
     nr: u32,
@@ -21,42 +33,88 @@ struct P {
     wpr4: u32,
     // weight words in this chunk (a multiple of 4)
     nk: u32,
-    // vec4 per xq row
+    // vec4 per xq row (FUSED: per xs row; = nk)
     qs4: u32,
     // row stride of y and acc
     ys: u32,
     first: u32,
     last: u32,
     sw: u32,
+    // xq shift (FUSED: the shift of x's view)
     sq: u32,
     ss: u32,
     sc: u32,
     sy: u32,
     sa: u32,
+    // FUSED: columns of x, the 1e-5 bits
+    cols: u32,
+    eps: u32,
 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
+#ifdef FUSED
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> wscale: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+#endif
+#ifndef FUSED
 @group(0) @binding(2) var<storage, read> xq: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> st: array<u32>;
 @group(0) @binding(4) var<storage, read> wscale: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 @group(0) @binding(6) var<storage, read_write> acc: array<i32>;
+#endif
 
 const NR: u32 = {{NR}}u;
 const LANES: u32 = 32u;
 const M2: u32 = 0x03030303u;
 
-var<workgroup> red: array<i32, {{RED}}>;
+#ifdef FUSED
+// 16 KiB in all: the packed activations (reused for the reduction) and the
+// per-row max bits and Σ q.
+const XSV: u32 = {{XSV}}u;
+var<workgroup> xs: array<vec4<u32>, XSV>;
+var<workgroup> amax: array<atomic<u32>, 8>;
+var<workgroup> qsum: array<atomic<i32>, 8>;
 
-fn dot16(wd: u32, xv: vec4<u32>) -> i32 {
-    return dot4I8Packed(wd & M2, xv.x) + dot4I8Packed((wd >> 2u) & M2, xv.y)
-        + dot4I8Packed((wd >> 4u) & M2, xv.z) + dot4I8Packed((wd >> 6u) & M2, xv.w);
+fn rd(i: u32) -> i32 {
+    return bitcast<i32>(xs[i >> 2u][i & 3u]);
 }
 
-// Σ u·x over 4 weight words (64 columns) against xq vec4 xb..xb + 3.
-fn dot64(wv: vec4<u32>, xb: u32) -> i32 {
-    return dot16(wv.x, xq[xb]) + dot16(wv.y, xq[xb + 1u]) + dot16(wv.z, xq[xb + 2u])
-        + dot16(wv.w, xq[xb + 3u]);
+fn wr(i: u32, v: i32) {
+    xs[i >> 2u][i & 3u] = bitcast<u32>(v);
+}
+
+// Packed vec4 j (0..4) of weight vec4 k of row r.
+fn xv(r: u32, k: u32, j: u32) -> vec4<u32> {
+    return xs[r * p.qs4 + j * (p.qs4 / 4u) + k];
+}
+#endif
+#ifndef FUSED
+var<workgroup> red: array<i32, {{RED}}>;
+
+fn rd(i: u32) -> i32 {
+    return red[i];
+}
+
+fn wr(i: u32, v: i32) {
+    red[i] = v;
+}
+
+fn xv(r: u32, k: u32, j: u32) -> vec4<u32> {
+    return xq[p.sq + r * p.qs4 + 4u * k + j];
+}
+#endif
+
+fn dot16(wd: u32, xw: vec4<u32>) -> i32 {
+    return dot4I8Packed(wd & M2, xw.x) + dot4I8Packed((wd >> 2u) & M2, xw.y)
+        + dot4I8Packed((wd >> 4u) & M2, xw.z) + dot4I8Packed((wd >> 6u) & M2, xw.w);
+}
+
+// Σ u·x over weight vec4 k (4 words, 64 columns) of row r.
+fn dot64(wv: vec4<u32>, r: u32, k: u32) -> i32 {
+    return dot16(wv.x, xv(r, k, 0u)) + dot16(wv.y, xv(r, k, 1u)) + dot16(wv.z, xv(r, k, 2u))
+        + dot16(wv.w, xv(r, k, 3u));
 }
 
 @compute @workgroup_size(256)
@@ -68,11 +126,54 @@ fn main(
     let g = t / LANES;
     let lane = t % LANES;
     let o = (wg.y * nwg.x + wg.x) * (256u / LANES) + g;
-    var part: array<i32, NR>;
-    for (var r = 0u; r < NR; r++) {
-        part[r] = 0;
+#ifdef FUSED
+    if (t < 8u) {
+        atomicStore(&amax[t], 0u);
+        atomicStore(&qsum[t], 0);
     }
-    if (o < p.no) {
+    workgroupBarrier();
+    // Row max |x| as bits (the unsigned max of the bits is the float max and
+    // keeps NaN, whose bits exceed infinity's).
+    for (var r = 0u; r < p.nr; r++) {
+        let xb = p.sq + r * p.cols;
+        var m = 0u;
+        for (var c = t; c < p.cols; c += 256u) {
+            m = max(m, bitcast<u32>(x[xb + c]) & 0x7fffffffu);
+        }
+        atomicMax(&amax[r], m);
+    }
+    workgroupBarrier();
+    let xk4 = p.qs4 / 4u;
+    for (var r = 0u; r < p.nr; r++) {
+        // clamp_min(max, 1e-5) on the bits: NaN stays NaN.
+        let a = fdiv(127.0, bitcast<f32>(max(atomicLoad(&amax[r]), p.eps)));
+        let xb = p.sq + r * p.cols;
+        var sum = 0i;
+        // packed word wi holds columns 4wi..4wi+3
+        for (var wi = t; wi < 4u * p.qs4; wi += 256u) {
+            var word = 0u;
+            for (var i = 0u; i < 4u; i++) {
+                let c = 4u * wi + i;
+                if (c < p.cols) {
+                    // NaN (a NaN row, or inf * 0) gives code 0, as `NaN as i8`.
+                    let v = x[xb + c] * a;
+                    var q = 0i;
+                    if ((bitcast<u32>(v) & 0x7fffffffu) <= 0x7f800000u) {
+                        q = i32(clamp(round(v), -128.0, 127.0));
+                    }
+                    sum += q;
+                    word |= (bitcast<u32>(q) & 0xffu) << (8u * i);
+                }
+            }
+            // vec4 v = wi / 4 of the row is vec4 j = v % 4 of weight vec4 k = v / 4
+            let v = wi / 4u;
+            xs[r * p.qs4 + (v % 4u) * xk4 + v / 4u][wi % 4u] = word;
+        }
+        atomicAdd(&qsum[r], sum);
+    }
+    workgroupBarrier();
+#endif
+{{DECL}}    if (o < p.no) {
         let wb = p.sw + o * p.wpr4;
         let nk4 = p.nk / 4u;
         // two 16-byte weight loads in flight per thread
@@ -80,38 +181,31 @@ fn main(
         for (; k + LANES < nk4; k += 2u * LANES) {
             let w0 = w[wb + k];
             let w1 = w[wb + k + LANES];
-            for (var r = 0u; r < NR; r++) {
-                if (r < p.nr) {
-                    part[r] += dot64(w0, p.sq + r * p.qs4 + 4u * k)
-                        + dot64(w1, p.sq + r * p.qs4 + 4u * (k + LANES));
-                }
-            }
-        }
+{{STEP2}}        }
         if (k < nk4) {
             let w0 = w[wb + k];
-            for (var r = 0u; r < NR; r++) {
-                if (r < p.nr) {
-                    part[r] += dot64(w0, p.sq + r * p.qs4 + 4u * k);
-                }
-            }
-        }
+{{STEP1}}        }
     }
-    for (var r = 0u; r < NR; r++) {
-        red[r * 256u + t] = part[r];
-    }
+#ifdef FUSED
+    // xs is reused for the reduction
     workgroupBarrier();
+#endif
+{{PUT}}    workgroupBarrier();
     for (var s = LANES / 2u; s > 0u; s = s >> 1u) {
         if (lane < s) {
-            for (var r = 0u; r < NR; r++) {
-                red[r * 256u + t] += red[r * 256u + t + s];
-            }
-        }
+{{REDUCE}}        }
         workgroupBarrier();
     }
     if (o < p.no && lane < p.nr) {
         let r = lane;
-        var total = red[r * 256u + g * LANES];
+        var total = rd(r * 256u + g * LANES);
         let yi = r * p.ys + o;
+#ifdef FUSED
+        let a = fdiv(127.0, bitcast<f32>(max(atomicLoad(&amax[r]), p.eps)));
+        let sx = atomicLoad(&qsum[r]);
+        y[p.sy + yi] = fdiv(exact_i2f(total - sx) * wscale[p.sc], a);
+#endif
+#ifndef FUSED
         if (p.first == 0u) {
             total += acc[p.sa + yi];
         }
@@ -123,5 +217,6 @@ fn main(
         } else {
             acc[p.sa + yi] = total;
         }
+#endif
     }
 }
