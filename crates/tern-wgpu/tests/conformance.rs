@@ -1,7 +1,7 @@
 //! The backend conformance suite on wgpu: on the fallback (software) adapter
-//! — Mesa lavapipe in CI — and again with a 4 KiB binding limit so every op
-//! takes its split path. Without any adapter each test prints why it was
-//! skipped.
+//! — Mesa lavapipe in CI — or the one `TERN_WGPU_ADAPTER` names; again with a
+//! 4 KiB binding limit so every op takes its split path; and again without
+//! SHADER_F16. Without any adapter each test prints why it was skipped.
 
 fn backend(opts: tern_wgpu::WgpuOptions) -> Option<tern_wgpu::Wgpu> {
     let opts = tern_wgpu::WgpuOptions {
@@ -28,6 +28,17 @@ mod default_limits {
 mod split_bindings {
     tern_backend::conformance_tests!(match super::backend(tern_wgpu::WgpuOptions {
         max_binding: Some(4096),
+        ..Default::default()
+    }) {
+        Some(b) => b,
+        None => return,
+    });
+}
+
+/// Without SHADER_F16 (kernels that stage exact values in f16 fall back to f32).
+mod without_f16 {
+    tern_backend::conformance_tests!(match super::backend(tern_wgpu::WgpuOptions {
+        no_f16: true,
         ..Default::default()
     }) {
         Some(b) => b,

@@ -106,6 +106,18 @@ fn fit(cur: usize, max: usize) -> usize {
     }
 }
 
+/// Shrink an operand block of `outer` rows of `inner` contiguous elements
+/// (row stride `stride`) until it spans at most `w` elements: fewer rows
+/// while one row fits, else a single row of fewer elements.
+fn shrink(outer: &mut usize, inner: &mut usize, stride: usize, w: usize) {
+    if *inner <= w {
+        *outer = fit(*outer, (w - *inner) / stride + 1);
+    } else {
+        *outer = 1;
+        *inner = fit(*inner, w);
+    }
+}
+
 /// Block sizes `(mb, nb, kb)` such that every operand block of the product
 /// fits one binding of `w` elements.
 fn gemm_blocks(g: &Gemm, w: usize) -> (usize, usize, usize) {
@@ -125,39 +137,18 @@ fn gemm_blocks(g: &Gemm, w: usize) -> (usize, usize, usize) {
             (kb - 1) * n + nb
         };
         if sc > w {
-            if nb <= w {
-                mb = fit(mb, (w - nb) / n + 1);
-            } else {
-                mb = 1;
-                nb = fit(nb, w);
-            }
+            shrink(&mut mb, &mut nb, n, w);
         } else if sa > w {
             if g.trans_a {
-                if mb <= w {
-                    kb = fit(kb, (w - mb) / m + 1);
-                } else {
-                    kb = 1;
-                    mb = fit(mb, w);
-                }
-            } else if kb <= w {
-                mb = fit(mb, (w - kb) / k + 1);
+                shrink(&mut kb, &mut mb, m, w);
             } else {
-                mb = 1;
-                kb = fit(kb, w);
+                shrink(&mut mb, &mut kb, k, w);
             }
         } else if sb > w {
             if g.trans_b {
-                if kb <= w {
-                    nb = fit(nb, (w - kb) / k + 1);
-                } else {
-                    nb = 1;
-                    kb = fit(kb, w);
-                }
-            } else if nb <= w {
-                kb = fit(kb, (w - nb) / n + 1);
+                shrink(&mut nb, &mut kb, k, w);
             } else {
-                kb = 1;
-                nb = fit(nb, w);
+                shrink(&mut kb, &mut nb, n, w);
             }
         } else {
             return (mb, nb, kb);

@@ -297,8 +297,18 @@ fn mm_store(tm: usize) -> String {
     s
 }
 
+/// The element type of the decoded-code tiles: the codes are -1, 0 and 1,
+/// exact in f16, so adapters with SHADER_F16 stage them at half the size.
+fn code_type(f16: bool) -> &'static str {
+    if f16 {
+        "f16"
+    } else {
+        "f32"
+    }
+}
+
 /// `ternary_float.wgsl`: 4 x 4 outputs per thread, a two-level sum.
-fn float_subs() -> [(&'static str, String); 3] {
+fn float_subs(f16: bool) -> [(&'static str, String); 4] {
     let (mut decl, mut step, mut store) = (String::new(), String::new(), String::new());
     for i in 0..4 {
         for j in 0..4 {
@@ -314,7 +324,10 @@ fn float_subs() -> [(&'static str, String); 3] {
     step += "        for (var k = 0u; k < BK; k++) {\n";
     for i in 0..4 {
         step += &format!("            let a{i} = at[k * BM + ty + {}u];\n", 16 * i);
-        step += &format!("            let b{i} = bs[k * BN + tx + {}u];\n", 16 * i);
+        step += &format!(
+            "            let b{i} = f32(bs[k * BN + tx + {}u]);\n",
+            16 * i
+        );
     }
     for i in 0..4 {
         for j in 0..4 {
@@ -327,11 +340,18 @@ fn float_subs() -> [(&'static str, String); 3] {
             step += &format!("        t{i}{j} += p{i}{j};\n");
         }
     }
-    [("DECL", decl), ("STEP", step), ("STORE", store)]
+    [
+        ("DECL", decl),
+        ("STEP", step),
+        ("STORE", store),
+        ("CT", code_type(f16).into()),
+    ]
 }
 
 /// `ternary_float_bwd.wgsl`: 8 x 8 f32 accumulators per thread (two vec4
 /// column groups of 8 rows).
+/// Its code tiles stay f32 even with SHADER_F16: converting them back in the
+/// inner loop cost 13% of a 1B LoRA step on an H100 (1,248 -> 1,080 tok/s).
 fn bwd_source(defs: &[&str]) -> String {
     let (mut decl, mut fma, mut write) = (String::new(), String::new(), String::new());
     for r in 0..8 {
@@ -343,7 +363,7 @@ fn bwd_source(defs: &[&str]) -> String {
         fma += &format!("            let a{g} = tile_a[kk * PA + ty + {g}u * TY];\n");
     }
     for h in 0..2 {
-        fma += &format!("            let b{h} = tile_b[kk * PB + tx + {h}u * TX];\n");
+        fma += &format!("            let b{h} = vec4<f32>(tile_b[kk * PB + tx + {h}u * TX]);\n");
     }
     for g in 0..2 {
         for (rr, comp) in ["x", "y", "z", "w"].iter().enumerate() {
@@ -359,7 +379,12 @@ fn bwd_source(defs: &[&str]) -> String {
     shader(
         FLOAT_BWD,
         defs,
-        &[("DECL", decl), ("FMA", fma), ("WRITE", write)],
+        &[
+            ("DECL", decl),
+            ("FMA", fma),
+            ("WRITE", write),
+            ("CT", code_type(false).into()),
+        ],
     )
 }
 
@@ -725,7 +750,7 @@ pub(crate) fn ternary_matmul_float(b: &Wgpu, w: &WTernary, x: &WBuf, y: &mut WBu
     let no0 = out.min(rows_fit(win, wpr, kc));
     let (rb, ob) = fit_block(win, rows, nr0, out, no0, TILE, TILE);
     let pipe = b.ctx.pipeline("ternary/float/fwd", || {
-        shader(FLOAT, &["FWD"], &float_subs())
+        shader(FLOAT, &["FWD"], &float_subs(b.ctx.f16))
     });
     let (vc, sc) = b.ctx.view(&w.scale, 0, 1);
     let mut r0 = 0;
@@ -799,7 +824,7 @@ pub(crate) fn ternary_matmul_backward(
         nr0.max(1)
     };
     let pipe = b.ctx.pipeline("ternary/float/bwd", || {
-        shader(FLOAT, &["BWD"], &float_subs())
+        shader(FLOAT, &["BWD"], &float_subs(b.ctx.f16))
     });
     let (vc, sc) = b.ctx.view(&w.scale, 0, 1);
     let mut r0 = 0;

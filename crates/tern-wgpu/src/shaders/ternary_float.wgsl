@@ -45,7 +45,8 @@ const BK: u32 = 16u;
 
 // at[k * BM + row], bs[k * BN + col]
 var<workgroup> at: array<f32, 1024>;
-var<workgroup> bs: array<f32, 1024>;
+// decoded codes (-1, 0, 1): exact in f16, used where the adapter offers it
+var<workgroup> bs: array<{{CT}}, 1024>;
 
 fn code(word: u32, j: u32) -> f32 {
     // column j (0..16) of a packed word
@@ -96,7 +97,7 @@ fn main(
             }
             for (var i = 0u; i < 4u; i++) {
                 let j = 4u * t4 + i;
-                bs[j * BN + f] = code(word, j);
+                bs[j * BN + f] = {{CT}}(code(word, j));
             }
         }
 #endif
@@ -111,7 +112,7 @@ fn main(
             }
             for (var i = 0u; i < 4u; i++) {
                 let j = 4u * (g % 4u) + i;
-                bs[f * BN + 4u * g + i] = code(word, j);
+                bs[f * BN + 4u * g + i] = {{CT}}(code(word, j));
             }
         }
 #endif

@@ -61,7 +61,9 @@ const PB: u32 = BN / 4u + 1u;
 const M2: u32 = 0x03030303u;
 
 var<workgroup> tile_a: array<vec4<f32>, BK * PA>;
-var<workgroup> tile_b: array<vec4<f32>, BK * PB>;
+// the decoded codes (-1, 0, 1: exact in f16, which halves this tile where
+// the adapter offers SHADER_F16)
+var<workgroup> tile_b: array<vec4<{{CT}}>, BK * PB>;
 
 // dy[i0 + i, kk] (zero outside)
 fn load_a(i: u32, kk: u32, i0: u32, kend: u32) -> f32 {
@@ -141,7 +143,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
         tile_a[(lk + 1u) * PA + ai][ac] = ra1;
         tile_a[(lk + 2u) * PA + ai][ac] = ra2;
         tile_a[(lk + 3u) * PA + ai][ac] = ra3;
-        tile_b[wf * PB + 4u * wc + wq] = vec4<f32>(unpack4xU8((rw >> (2u * wq)) & M2)) - 1.0;
+        tile_b[wf * PB + 4u * wc + wq] = vec4<{{CT}}>(vec4<f32>(unpack4xU8((rw >> (2u * wq)) & M2)) - 1.0);
         workgroupBarrier();
         if (s + 1u < nslices) {
             let pn = kbeg + (s + 1u) * BK;
