@@ -323,3 +323,55 @@ fn merge_and_average_commands() {
     ]);
     assert!(!ok && err.contains("--type"), "{err}");
 }
+
+/// `--backend wgpu` end to end: the logits of the transformers fixture on the
+/// GPU backend (lavapipe in CI) against transformers' W1.58A8 logits.
+#[test]
+fn wgpu_logits_match_the_transformers_oracle() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("logits.npy");
+    let toks = fixture_tokens();
+    let (ok, _, err) = tern(&[
+        "logits",
+        "--backend",
+        "wgpu",
+        "--model",
+        "tests/fixtures/bitnet/relu2_gqa",
+        "--tokens",
+        &toks,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    if !ok && err.contains("no GPU adapter") {
+        eprintln!("wgpu CLI test skipped: {err}");
+        return;
+    }
+    assert!(ok, "{err}");
+    assert!(err.contains("wgpu adapter:"), "the adapter is named: {err}");
+    let ours = tern_io::npy::read(&out).unwrap();
+    let oracle =
+        tern_io::npy::read(&root().join("tests/fixtures/bitnet/relu2_gqa.logits_quant.npy"))
+            .unwrap();
+    assert_eq!(ours.shape, oracle.shape);
+    let d = ours
+        .data
+        .iter()
+        .zip(&oracle.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(d <= 1e-3, "max abs diff {d}");
+}
+
+/// `tern info` names the CPU and, where wgpu sees an adapter, its limits.
+#[test]
+fn info_lists_the_cpu_and_the_adapters() {
+    let (ok, out, err) = tern(&["info"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("cpu: cpu ("), "{out}");
+    if out.contains("wgpu adapters:") {
+        assert!(out.contains("max storage binding:"), "{out}");
+        assert!(out.contains("subgroup size:"), "{out}");
+    } else {
+        assert!(out.contains("wgpu: no adapter"), "{out}");
+    }
+}
