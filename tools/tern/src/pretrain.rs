@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use tern_backend::Cpu;
+use tern_backend::Backend;
 use tern_io::gguf::Value;
 use tern_lora::data::{DataOptions, Dataset, ValidationSplit};
 use tern_lora::pretrain::{
@@ -15,6 +15,8 @@ use tern_model::model::ActQuant;
 use tern_model::tokenizer::{Tokenizer, HF_JSON_KEY};
 use tern_model::BitNetConfig;
 use tern_tensor::GgmlType;
+
+use crate::backend::{BackendArgs, Job};
 
 #[derive(clap::Args, Debug)]
 pub struct PretrainArgs {
@@ -70,9 +72,8 @@ pub struct PretrainArgs {
     /// Seed of the initialization and of the data shuffle.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// CPU threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// Projection type in the GGUF: tq2_0 or tq1_0.
     #[arg(long, default_value = "tq2_0")]
     pub r#type: String,
@@ -196,24 +197,50 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
     if total == 0 {
         bail!("nothing to train: --steps 0 or an empty --data");
     }
-    let backend = match a.threads {
-        Some(n) => Cpu::with_threads(n),
-        None => Cpu::new(),
-    };
+    a.backend.run(PretrainJob {
+        a,
+        cfg,
+        tok,
+        data,
+        total,
+        proj_type,
+    })
+}
+
+/// What `tern pretrain` hands to the chosen backend.
+struct PretrainJob<'a> {
+    a: &'a PretrainArgs,
+    cfg: BitNetConfig,
+    tok: Tokenizer,
+    data: Dataset,
+    total: u64,
+    proj_type: GgmlType,
+}
+
+impl Job for PretrainJob<'_> {
+    type Out = ();
+    fn run<B: Backend + 'static>(self, backend: B) -> Result<()> {
+        train_on(&self, backend)
+    }
+}
+
+fn train_on<B: Backend>(j: &PretrainJob<'_>, backend: B) -> Result<()> {
+    let (a, cfg, tok, data, total, proj_type) =
+        (j.a, &j.cfg, &j.tok, &j.data, j.total, j.proj_type);
     eprintln!(
         "model: {} parameters ({} layers, hidden {}, vocab {}), {total} steps on {}",
         cfg.n_params(),
         cfg.num_hidden_layers,
         cfg.hidden_size,
         cfg.vocab_size,
-        tern_backend::Backend::name(&backend)
+        backend.name()
     );
-    let init = LatentWeights::init(&cfg, a.seed, a.init_std);
+    let init = LatentWeights::init(cfg, a.seed, a.init_std);
     let mut trainer = Pretrainer::new(backend, &init, ActQuant::PerTokenInt8)?;
     drop(init);
     let report = pretrain(
         &mut trainer,
-        &data,
+        data,
         &PretrainOptions {
             batch_size: a.batch_size,
             steps: total,
@@ -237,7 +264,7 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
     let weights = trainer.weights()?;
     let mut opts = ExportOptions::new(proj_type, GgmlType::F32);
     opts.name = Some("tern-pretrained".into());
-    opts.metadata = tokenizer_keys(&a.tokenizer, &tok, cfg.vocab_size)?;
+    opts.metadata = tokenizer_keys(&a.tokenizer, tok, cfg.vocab_size)?;
     export(&weights, &a.out, &opts, &mut ())
         .with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!("wrote {}", a.out.display());
