@@ -39,6 +39,36 @@ pub(crate) struct Stats {
     kernels: HashMap<String, (f64, u64)>,
 }
 
+/// Bytes of freed buffers the pool keeps at most; past it a freed buffer
+/// goes back to the device (a run whose shapes keep changing, such as
+/// generation over prompts of many lengths, must not grow without bound).
+const POOL_CAP: u64 = 1 << 30;
+
+/// Freed buffers by size, for reuse.
+#[derive(Default)]
+pub(crate) struct Pool {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    bytes: u64,
+}
+
+impl Pool {
+    /// Keep `buf` for reuse; false when the pool is full.
+    pub fn put(&mut self, buf: &wgpu::Buffer) -> bool {
+        if self.bytes + buf.size() > POOL_CAP {
+            return false;
+        }
+        self.bytes += buf.size();
+        self.free.entry(buf.size()).or_default().push(buf.clone());
+        true
+    }
+
+    fn take(&mut self, size: u64) -> Option<wgpu::Buffer> {
+        let b = self.free.get_mut(&size)?.pop()?;
+        self.bytes -= size;
+        Some(b)
+    }
+}
+
 /// Bind groups kept for reuse before the cache starts over.
 const BIND_GROUP_CACHE: usize = 16384;
 
@@ -162,7 +192,7 @@ pub(crate) struct Ctx {
     /// Freed buffers by size, reused by the next allocation of that size:
     /// training allocates the same activation buffers every step, and a
     /// reused buffer keeps its cached bind groups.
-    pub pool: Arc<Mutex<HashMap<u64, Vec<wgpu::Buffer>>>>,
+    pub pool: Arc<Mutex<Pool>>,
     stats: Mutex<Stats>,
     profile: bool,
 }
@@ -341,7 +371,7 @@ impl Ctx {
             error,
             lost,
             mem: Arc::new(Mutex::new((0, 0))),
-            pool: Arc::new(Mutex::new(HashMap::new())),
+            pool: Arc::new(Mutex::new(Pool::default())),
             stats: Mutex::new(Stats::default()),
             profile: std::env::var("TERN_WGPU_STATS").is_ok_and(|v| v == "profile"),
         })
@@ -407,8 +437,7 @@ impl Ctx {
             .pool
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&size)
-            .and_then(Vec::pop)
+            .take(size)
         {
             return Ok((b, true));
         }
@@ -422,13 +451,11 @@ impl Ctx {
 
     /// Give every pooled buffer back to the device; returns the bytes freed.
     pub fn trim_pool(&self) -> u64 {
-        let free: Vec<wgpu::Buffer> = self
-            .pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .flat_map(|(_, v)| v)
-            .collect();
+        let free: Vec<wgpu::Buffer> = {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            pool.bytes = 0;
+            pool.free.drain().flat_map(|(_, v)| v).collect()
+        };
         let bytes: u64 = free.iter().map(wgpu::Buffer::size).sum();
         let mut m = self.mem.lock().unwrap_or_else(|p| p.into_inner());
         m.0 = m.0.saturating_sub(bytes);

@@ -17,7 +17,6 @@
 mod ctx;
 mod ops;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 pub use ctx::{list_adapters, AdapterReport, WgpuOptions};
@@ -45,19 +44,26 @@ pub struct WIds {
 }
 
 /// Where a dropped buffer goes: the backend's pool, for reuse by the next
-/// allocation of its size.
+/// allocation of its size, or back to the device when the pool is full.
 #[derive(Clone)]
 pub(crate) struct Owner {
-    pool: Arc<Mutex<HashMap<u64, Vec<wgpu::Buffer>>>>,
+    pool: Arc<Mutex<ctx::Pool>>,
+    mem: Arc<Mutex<(u64, u64)>>,
+    dropped: Arc<Mutex<Vec<wgpu::Buffer>>>,
 }
 
 impl Owner {
     pub(crate) fn release(&self, buf: &wgpu::Buffer) {
-        self.pool
+        if self.pool.lock().unwrap_or_else(|p| p.into_inner()).put(buf) {
+            return;
+        }
+        let mut m = self.mem.lock().unwrap_or_else(|p| p.into_inner());
+        m.0 = m.0.saturating_sub(buf.size());
+        drop(m);
+        // freed once the bind groups that hold it are purged
+        self.dropped
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(buf.size())
-            .or_default()
             .push(buf.clone());
     }
 }
@@ -132,6 +138,8 @@ impl Wgpu {
     pub(crate) fn owner(&self) -> Owner {
         Owner {
             pool: self.ctx.pool.clone(),
+            mem: self.ctx.mem.clone(),
+            dropped: self.ctx.dropped.clone(),
         }
     }
 
