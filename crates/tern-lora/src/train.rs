@@ -66,6 +66,11 @@ pub struct Trainer<'m, B: Backend> {
     calls: u64,
     /// Dropout active in the current call (training passes only).
     dropout_on: bool,
+    /// The gradient buffers still hold the last step's values (the optimizer
+    /// step does not clear them): the next backward overwrites them instead
+    /// of accumulating, and readers see zeros. Saves a dispatch per tensor
+    /// per step.
+    grads_stale: bool,
 }
 
 fn gemm(m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) -> Gemm {
@@ -116,6 +121,7 @@ impl<'m, B: Backend> Trainer<'m, B> {
             seed: 0,
             calls: 0,
             dropout_on: false,
+            grads_stale: false,
         })
     }
 
@@ -231,6 +237,10 @@ impl<'m, B: Backend> Trainer<'m, B> {
         if self.dropout_on {
             self.calls += 1;
         }
+        if grad_scale.is_some() && result.is_ok() {
+            // every adapter tensor received its gradient in this backward
+            self.grads_stale = false;
+        }
         self.dropout_on = false;
         result
     }
@@ -319,6 +329,9 @@ impl<'m, B: Backend> Trainer<'m, B> {
 
     /// Global L2 norm of the accumulated adapter gradients.
     pub fn grad_norm(&self) -> Result<f32, LoraError> {
+        if self.grads_stale {
+            return Ok(0.0);
+        }
         let be = self.be();
         let mut sums = be.zeros(2 * self.params.len())?;
         for (i, p) in self.params.iter().enumerate() {
@@ -358,11 +371,16 @@ impl<'m, B: Backend> Trainer<'m, B> {
         };
         let be = &self.model.backend;
         for p in &mut self.params {
+            if self.grads_stale {
+                // a second step without a backward in between: zero gradients
+                be.scale(0.0, &mut p.ga);
+                be.scale(0.0, &mut p.gb);
+            }
             be.adamw(&mut p.a, &p.ga, &mut p.ma, &mut p.va, hp);
             be.adamw(&mut p.b, &p.gb, &mut p.mb, &mut p.vb, hp);
-            be.scale(0.0, &mut p.ga);
-            be.scale(0.0, &mut p.gb);
         }
+        // cleared lazily: see `grads_stale`
+        self.grads_stale = true;
     }
 
     /// Copy one `(A-like, B-like)` pair of buffers of every adapter tensor to
@@ -435,9 +453,16 @@ impl<'m, B: Backend> Trainer<'m, B> {
 
     /// Gradients of every adapter tensor, copied to the host (for tests).
     pub fn gradients(&self) -> Result<Adapter, LoraError> {
+        let mut tensors = self.download_pairs(|p| (&p.ga, &p.gb))?;
+        if self.grads_stale {
+            for (ga, gb) in tensors.values_mut() {
+                ga.fill(0.0);
+                gb.fill(0.0);
+            }
+        }
         Ok(Adapter {
             cfg: self.cfg.clone(),
-            tensors: self.download_pairs(|p| (&p.ga, &p.gb))?,
+            tensors,
         })
     }
 }
@@ -545,13 +570,14 @@ impl<B: Backend> BlockHooks<B> for Trainer<'_, B> {
                 be.matmul(&dt, &pr.a, dx, gemm(rows, r, inp, false, false, 1.0, 1.0));
             }
             let pr = &mut self.params[i];
-            // dB += s · dyᵀ t ; dA += dtᵀ x_d
-            be.matmul(dy, &t, &mut pr.gb, gemm(out, rows, r, true, false, s, 1.0));
+            // dB += s · dyᵀ t ; dA += dtᵀ x_d (or = after an optimizer step)
+            let acc = if self.grads_stale { 0.0 } else { 1.0 };
+            be.matmul(dy, &t, &mut pr.gb, gemm(out, rows, r, true, false, s, acc));
             be.matmul(
                 &dt,
                 xd,
                 &mut pr.ga,
-                gemm(r, rows, inp, true, false, 1.0, 1.0),
+                gemm(r, rows, inp, true, false, 1.0, acc),
             );
         }
         Ok(())
