@@ -195,6 +195,10 @@ pub(crate) struct Ctx {
     pub pool: Arc<Mutex<Pool>>,
     stats: Mutex<Stats>,
     profile: bool,
+    /// What [`Ctx::scratch_or_defer`] hands out when allocation fails.
+    stand_in: wgpu::Buffer,
+    /// Tests: fail every new scratch allocation as out of memory.
+    pub refuse_scratch: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Ctx {
@@ -347,6 +351,14 @@ impl Ctx {
                 }
             });
         }
+        let stand_in = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tern stand-in"),
+            size: SLOT,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         let param_buf = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("tern params"),
             size: SLOT * SLOTS,
@@ -374,6 +386,8 @@ impl Ctx {
             pool: Arc::new(Mutex::new(Pool::default())),
             stats: Mutex::new(Stats::default()),
             profile: std::env::var("TERN_WGPU_STATS").is_ok_and(|v| v == "profile"),
+            stand_in,
+            refuse_scratch: Default::default(),
         })
     }
 
@@ -499,11 +513,58 @@ impl Ctx {
         Ok(buf)
     }
 
+    /// Forget every cached scratch buffer.
+    pub fn drop_scratch(&self) {
+        let old: Vec<wgpu::Buffer> = self
+            .scratch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, b)| b)
+            .collect();
+        let bytes: u64 = old.iter().map(wgpu::Buffer::size).sum();
+        let mut m = self.mem.lock().unwrap_or_else(|p| p.into_inner());
+        m.0 = m.0.saturating_sub(bytes);
+        drop(m);
+        self.dropped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(old);
+    }
+
+    /// [`Ctx::scratch`] for ops, which cannot return errors: when the device
+    /// cannot provide the buffer, the error is held for the next call that
+    /// can report it (`download`, `synchronize`) and a small stand-in buffer
+    /// is returned, so the op records harmless bounded dispatches instead of
+    /// panicking.
+    pub fn scratch_or_defer(&self, key: &str, bytes: u64) -> wgpu::Buffer {
+        match self.scratch(key, bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                self.error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e);
+                self.stand_in.clone()
+            }
+        }
+    }
+
     /// A scratch storage buffer of at least `bytes`, kept under `key` and
     /// reused by later calls (grown when too small). Dispatches are ordered,
     /// so an op may reuse the scratch of an earlier op freely; within one op,
     /// use distinct keys for buffers that must coexist.
     pub fn scratch(&self, key: &str, bytes: u64) -> Result<wgpu::Buffer, BackendError> {
+        if self
+            .refuse_scratch
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(BackendError::OutOfMemory {
+                backend: self.name(),
+                what: format!("scratch {key} (refused for a test)"),
+                bytes,
+            });
+        }
         let mut cache = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = cache.get(key) {
             if b.size() >= bytes {
@@ -876,6 +937,20 @@ impl Ctx {
         );
         let byte = start as u64 * 4;
         let base = byte - byte % self.align;
+        if base >= buf.size() {
+            // only the stand-in of a scratch buffer the device could not
+            // provide (`scratch_or_defer`): bind all of it; the error is
+            // reported by the next download
+            let size = buf.size().min(self.max_binding);
+            return (
+                View {
+                    buf,
+                    offset: 0,
+                    size,
+                },
+                0,
+            );
+        }
         let shift = ((byte - base) / 4) as u32;
         let size = ((shift as u64 + n.max(1) as u64) * 4).min(buf.size() - base);
         (

@@ -135,6 +135,16 @@ impl Wgpu {
         self.ctx.device.destroy();
     }
 
+    /// Make every new scratch allocation inside an op fail as out of device
+    /// memory (and drop the cached ones). For testing error paths.
+    #[doc(hidden)]
+    pub fn simulate_scratch_oom(&self) {
+        self.ctx
+            .refuse_scratch
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.ctx.drop_scratch();
+    }
+
     pub(crate) fn owner(&self) -> Owner {
         Owner {
             pool: self.ctx.pool.clone(),

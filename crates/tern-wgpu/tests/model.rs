@@ -183,3 +183,30 @@ fn a_lost_device_is_an_error_not_a_hang() {
     // every later call reports it too, without panicking
     assert!(b.upload(&[1.0]).is_err() || b.download(&y).is_err());
 }
+
+#[test]
+fn an_op_out_of_scratch_memory_reports_it_on_download() {
+    let Some(b) = gpu() else { return };
+    let (out, cols, rows) = (70, 300, 33);
+    let codes: Vec<i8> = (0..out * cols).map(|i| (i % 3) as i8 - 1).collect();
+    let w = b
+        .upload_ternary(&tern_backend::TernaryCodes {
+            rows: out,
+            cols,
+            codes,
+            scale: 0.5,
+        })
+        .expect("upload");
+    let x = b.upload(&vec![0.25; rows * cols]).expect("upload");
+    let mut y = b.zeros(rows * out).expect("zeros");
+    b.simulate_scratch_oom();
+    // the tiled product needs scratch for the quantized activations
+    b.ternary_matmul(&w, &x, &mut y, rows);
+    match b.download(&y) {
+        Err(e @ BackendError::OutOfMemory { .. }) => {
+            assert!(e.to_string().contains("scratch"), "{e}")
+        }
+        Err(e) => panic!("expected out of memory, got {e}"),
+        Ok(_) => panic!("the op ran without its scratch buffer"),
+    }
+}

@@ -944,10 +944,7 @@ pub(crate) fn attention_backward(
     let p_delta = b.ctx.pipeline("attn/delta", || DELTA.to_string());
     let p_kv = |shifts: &[u32]| tile_kv.pipeline(b, BWD, shifts);
     let p_q = |shifts: &[u32]| tile_q.pipeline(b, BWD, shifts);
-    let dbuf = b
-        .ctx
-        .scratch("attn/delta", (lse.len * 4) as u64)
-        .unwrap_or_else(|e| panic!("wgpu attention_backward: scratch for D: {e}"));
+    let dbuf = b.ctx.scratch_or_defer("attn/delta", (lse.len * 4) as u64);
     let w = b.ctx.window_elems();
     #[allow(clippy::too_many_arguments)]
     let params =

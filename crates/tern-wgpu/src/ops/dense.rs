@@ -27,12 +27,10 @@ const EMBED_SRC: &str = include_str!("../shaders/dense_embed.wgsl");
 const LOSS_SRC: &str = include_str!("../shaders/dense_loss.wgsl");
 const LOSS_SEG_SRC: &str = include_str!("../shaders/dense_loss_seg.wgsl");
 
-/// A cached scratch buffer; running out of device memory for one is fatal
-/// for the op (ops cannot return errors), so it panics with the reason.
+/// A cached scratch buffer (out of device memory: reported by the next
+/// download, see `Ctx::scratch_or_defer`).
 fn scratch(b: &Wgpu, key: &str, elems: usize) -> wgpu::Buffer {
-    b.ctx
-        .scratch(key, (elems.max(1) * 4) as u64)
-        .unwrap_or_else(|e| panic!("wgpu dense op: scratch buffer {key}: {e}"))
+    b.ctx.scratch_or_defer(key, (elems.max(1) * 4) as u64)
 }
 
 /// Ranges `(start, len)` covering `0..n` in steps of `step`.

@@ -491,21 +491,13 @@ pub(crate) fn fake_quant_act(b: &Wgpu, x: &WBuf, y: &mut WBuf, rows: usize, cols
         return;
     }
     assert!(cols > 0, "fake_quant_act: cols must be > 0");
-    let st = match b.ctx.scratch("ternary/stats", (rows * 16) as u64) {
-        Ok(s) => s,
-        Err(e) => panic!("fake_quant_act: {e}"),
-    };
+    let st = b.ctx.scratch_or_defer("ternary/stats", (rows * 16) as u64);
     quantize(b, &x.buf, rows, cols, &st, QOut::Fake(&y.buf));
 }
 
 fn scratch(b: &Wgpu, key: &str, bytes: usize) -> wgpu::Buffer {
-    match b
-        .ctx
-        .scratch(key, (bytes.max(16).next_multiple_of(16)) as u64)
-    {
-        Ok(s) => s,
-        Err(e) => panic!("ternary scratch {key}: {e}"),
-    }
+    b.ctx
+        .scratch_or_defer(key, (bytes.max(16).next_multiple_of(16)) as u64)
 }
 
 // ---- W1.58A8 product ----------------------------------------------------------------
