@@ -162,7 +162,6 @@ struct Recording {
     encoder: wgpu::CommandEncoder,
     pass: Option<wgpu::ComputePass<'static>>,
     params: Vec<u8>,
-    dispatches: usize,
 }
 
 pub(crate) struct Ctx {
@@ -696,7 +695,6 @@ impl Ctx {
                 }),
             pass: None,
             params: Vec::new(),
-            dispatches: 0,
         }
     }
 
@@ -825,9 +823,8 @@ impl Ctx {
         }
         let rec = guard.get_or_insert_with(|| self.open());
         let slot = rec.params.len() as u32;
-        let mut words = params.to_vec();
-        words.resize(SLOT as usize / 4, 0);
-        rec.params.extend_from_slice(bytemuck::cast_slice(&words));
+        rec.params.extend_from_slice(bytemuck::cast_slice(params));
+        rec.params.resize(slot as usize + SLOT as usize, 0);
         let bg = self.bind_group(k, views);
         if rec.pass.is_none() {
             let pass = rec
@@ -843,7 +840,6 @@ impl Ctx {
         pass.set_pipeline(&k.pipeline);
         pass.set_bind_group(0, &bg, &[slot]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-        rec.dispatches += 1;
         drop(guard);
         self.stat(|s| {
             s.dispatches += 1;

@@ -111,17 +111,6 @@ impl Wgpu {
         *self.ctx.mem.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Give pooled (freed) buffers back to the device.
-    pub fn trim(&self) {
-        self.ctx.trim_pool();
-    }
-
-    /// Reset the peak to the current allocation.
-    pub fn reset_peak(&self) {
-        let mut m = self.ctx.mem.lock().unwrap_or_else(|p| p.into_inner());
-        m.1 = m.0;
-    }
-
     /// Wait for every recorded op to finish (benchmarks time with it).
     pub fn synchronize(&self) -> Result<(), BackendError> {
         self.ctx.flush();

@@ -27,13 +27,16 @@ fn fixture_tokens() -> String {
     ids.join(",")
 }
 
-#[test]
-fn logits_npy_matches_the_transformers_oracle() {
+/// `tern logits` on the relu²+GQA fixture with `extra` flags, compared with
+/// transformers' W1.58A8 logits: the largest difference and stderr, or stderr
+/// when the run failed.
+fn fixture_logits_vs_transformers(extra: &[&str]) -> Result<(f64, String), String> {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("logits.npy");
     let toks = fixture_tokens();
-    let (ok, _, err) = tern(&[
-        "logits",
+    let mut args = vec!["logits"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[
         "--model",
         "tests/fixtures/bitnet/relu2_gqa",
         "--tokens",
@@ -41,7 +44,10 @@ fn logits_npy_matches_the_transformers_oracle() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(ok, "{err}");
+    let (ok, _, err) = tern(&args);
+    if !ok {
+        return Err(err);
+    }
     let ours = tern_io::npy::read(&out).unwrap();
     let oracle =
         tern_io::npy::read(&root().join("tests/fixtures/bitnet/relu2_gqa.logits_quant.npy"))
@@ -53,6 +59,12 @@ fn logits_npy_matches_the_transformers_oracle() {
         .zip(&oracle.data)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f64::max);
+    Ok((d, err))
+}
+
+#[test]
+fn logits_npy_matches_the_transformers_oracle() {
+    let (d, _) = fixture_logits_vs_transformers(&[]).unwrap_or_else(|e| panic!("{e}"));
     assert!(d <= 1e-3, "max abs diff {d}");
 }
 
@@ -328,37 +340,14 @@ fn merge_and_average_commands() {
 /// GPU backend (lavapipe in CI) against transformers' W1.58A8 logits.
 #[test]
 fn wgpu_logits_match_the_transformers_oracle() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("logits.npy");
-    let toks = fixture_tokens();
-    let (ok, _, err) = tern(&[
-        "logits",
-        "--backend",
-        "wgpu",
-        "--model",
-        "tests/fixtures/bitnet/relu2_gqa",
-        "--tokens",
-        &toks,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    if !ok && err.contains("no GPU adapter") {
-        eprintln!("wgpu CLI test skipped: {err}");
-        return;
-    }
-    assert!(ok, "{err}");
+    let (d, err) = match fixture_logits_vs_transformers(&["--backend", "wgpu"]) {
+        Err(e) if e.contains("no GPU adapter") => {
+            eprintln!("wgpu CLI test skipped: {e}");
+            return;
+        }
+        r => r.unwrap_or_else(|e| panic!("{e}")),
+    };
     assert!(err.contains("wgpu adapter:"), "the adapter is named: {err}");
-    let ours = tern_io::npy::read(&out).unwrap();
-    let oracle =
-        tern_io::npy::read(&root().join("tests/fixtures/bitnet/relu2_gqa.logits_quant.npy"))
-            .unwrap();
-    assert_eq!(ours.shape, oracle.shape);
-    let d = ours
-        .data
-        .iter()
-        .zip(&oracle.data)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
     assert!(d <= 1e-3, "max abs diff {d}");
 }
 
