@@ -121,6 +121,58 @@ pub struct Gemm {
     pub beta: f32,
 }
 
+impl Gemm {
+    /// `C = A · B` with `A [m, k]`, `B [k, n]`, neither transposed,
+    /// `alpha = 1`, `beta = 0`; chain the setters below for the rest.
+    ///
+    /// ```
+    /// use tern_backend::Gemm;
+    /// let g = Gemm::new(4, 8, 16).trans_b().alpha(0.5).accumulate();
+    /// assert!(g.trans_b && !g.trans_a && g.alpha == 0.5 && g.beta == 1.0);
+    /// ```
+    pub const fn new(m: usize, k: usize, n: usize) -> Self {
+        Gemm {
+            m,
+            k,
+            n,
+            trans_a: false,
+            trans_b: false,
+            alpha: 1.0,
+            beta: 0.0,
+        }
+    }
+
+    /// A is stored `[k, m]`.
+    pub const fn trans_a(mut self) -> Self {
+        self.trans_a = true;
+        self
+    }
+
+    /// B is stored `[n, k]` (a torch `Linear` weight).
+    pub const fn trans_b(mut self) -> Self {
+        self.trans_b = true;
+        self
+    }
+
+    /// Scale the product by `alpha`.
+    pub const fn alpha(mut self, alpha: f32) -> Self {
+        self.alpha = alpha;
+        self
+    }
+
+    /// `beta = 1`: add the product to C.
+    pub const fn accumulate(mut self) -> Self {
+        self.beta = 1.0;
+        self
+    }
+
+    /// Set `beta` explicitly.
+    pub const fn beta(mut self, beta: f32) -> Self {
+        self.beta = beta;
+        self
+    }
+}
+
 /// Gated activation of the feed-forward block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Activation {
