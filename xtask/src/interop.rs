@@ -12,11 +12,11 @@
 //!    llama.cpp multiplies float activations with F32 weights; TQ with tern's
 //!    default int8 activations, because llama.cpp quantizes them to 8 bits per
 //!    256 values for TQ weights);
-//! 5. LoRA: xtask writes a seeded adapter for the model with tern-lora
-//!    (`save_gguf` with the base's post-LoRA scales, llama.cpp's `--lora`
-//!    layout); llama.cpp runs the F32 file with it, tern runs `--lora` with the
-//!    same file in float mode, and llama.cpp also runs `tern merge`'s dense F32
-//!    model without any adapter;
+//! 5. LoRA: `tern adapters init --random-b` writes a seeded adapter for the
+//!    model (llama.cpp's `--lora` layout, with the base's post-LoRA scales
+//!    divided out); llama.cpp runs the F32 file with it, tern runs `--lora`
+//!    with the same file in float mode, and llama.cpp also runs `tern merge`'s
+//!    dense F32 model without any adapter;
 //! 6. `tests/interop/compare.py` checks the token ids and the logits against
 //!    the bounds below and fails the task if any is exceeded.
 
@@ -25,8 +25,6 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tern_lora::{Adapter, LoraConfig};
-use tern_model::{GgufWeights, Proj, WeightSource};
 
 /// (projection type, `--act-quant` for tern, bound on max |logit diff|).
 const CASES: [(&str, &str, &str); 3] = [
@@ -38,12 +36,14 @@ const CASES: [(&str, &str, &str); 3] = [
 /// Threads for both runtimes (CI has 2 cores).
 const THREADS: &str = "2";
 
-/// The interop adapter: rank and alpha (scaling alpha / r = 2, as in the PEFT
-/// fixtures), the seed of A (PEFT's init) and of B, and B's half-width.
-const LORA_RANK: usize = 8;
-const LORA_ALPHA: f32 = 16.0;
+/// The interop adapter (`tern adapters init`): rank and alpha (scaling
+/// alpha / r = 2, as in the PEFT fixtures) on every projection of every layer,
+/// the seed of A (PEFT's init) and of B, and B's half-width (PEFT's B = 0
+/// would be a no-op).
+const LORA_RANK: &str = "8";
+const LORA_ALPHA: &str = "16";
 const LORA_SEED: u64 = 0x7e4e_104a;
-const LORA_B_MAX: f32 = 0.05;
+const LORA_B_MAX: &str = "0.05";
 
 /// Bound on max |logit diff| for the LoRA cases: both runtimes compute float
 /// activations times F32 weights plus the float low-rank branch.
@@ -53,36 +53,6 @@ const LORA_BOUND: &str = "1e-4";
 /// `LORA_BOUND`, or the LoRA comparison could not see an adapter that is
 /// ignored, half applied or applied with the wrong scaling.
 const LORA_EFFECT_FACTOR: &str = "100";
-
-/// A seeded LoRA adapter for the model in `base`: every projection of every
-/// layer, A from PEFT's default init, B uniform in [-LORA_B_MAX, LORA_B_MAX]
-/// (PEFT's B = 0 would be a no-op).
-fn make_adapter(base: &GgufWeights) -> Result<Adapter> {
-    let cfg = LoraConfig {
-        rank: LORA_RANK,
-        alpha: LORA_ALPHA,
-        dropout: 0.0,
-        targets: Proj::ALL.to_vec(),
-    };
-    let mut ad = Adapter::init(base.config(), cfg, LORA_SEED)?;
-    let mut state = LORA_SEED;
-    for (_, b) in ad.tensors.values_mut() {
-        for x in b.iter_mut() {
-            *x = (2.0 * unit(&mut state) - 1.0) * LORA_B_MAX;
-        }
-    }
-    Ok(ad)
-}
-
-/// SplitMix64 step mapped to [0, 1).
-fn unit(state: &mut u64) -> f32 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 40) as f32 / (1u64 << 24) as f32
-}
 
 /// Create `target/interop-venv` (idempotent) and install the pinned llama.cpp
 /// oracle.
@@ -114,13 +84,6 @@ fn venv(root: &Path) -> Result<PathBuf> {
     Ok(python)
 }
 
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| if p.is_absolute() { p } else { root.join(p) })
-        .unwrap_or_else(|| root.join("target"))
-}
-
 pub fn interop(root: &Path) -> Result<()> {
     let start = Instant::now();
     let mut times: Vec<(&str, Duration)> = Vec::new();
@@ -133,10 +96,7 @@ pub fn interop(root: &Path) -> Result<()> {
     let python = venv(root)?;
     mark("venv (llama-cpp-python)", &mut lap);
 
-    run(Command::new(env!("CARGO"))
-        .current_dir(root)
-        .args(["build", "-p", "tern"]))?;
-    let tern = target_dir(root).join("debug/tern");
+    let tern = crate::tern_release(root, "`cargo xtask interop`")?;
     mark("build tern", &mut lap);
 
     let dir = root.join("target/interop");
@@ -169,26 +129,17 @@ pub fn interop(root: &Path) -> Result<()> {
     let base_f32 = dir.join("tiny-f32.gguf");
     let adapter = dir.join("lora.gguf");
     let adapter_raw = dir.join("lora-raw.gguf");
-    {
-        let base = GgufWeights::open(&base_f32)
-            .with_context(|| format!("reading {}", base_f32.display()))?;
-        let arch = base.file().get_str("general.architecture")?.to_owned();
-        let ad = make_adapter(&base)?;
-        let post = tern_lora::io::post_scales_from_gguf(base.file())?;
-        if post.is_empty() {
-            bail!(
-                "{}: no ffn .scale tensors to compensate",
-                base_f32.display()
-            );
-        }
-        tern_lora::io::save_gguf(&ad, &adapter, &arch, &post)?;
-        tern_lora::io::save_gguf(&ad, &adapter_raw, &arch, &Default::default())?;
-        eprintln!(
-            "wrote {} (rank {LORA_RANK}, alpha {LORA_ALPHA}, {} projections, {} parameters)",
-            adapter.display(),
-            ad.tensors.len(),
-            ad.n_params()
-        );
+    for (path, extra) in [(&adapter, None), (&adapter_raw, Some("--no-post-scales"))] {
+        let mut cmd = Command::new(&tern);
+        cmd.args(["adapters", "init", "-m"])
+            .arg(&base_f32)
+            .arg("--out")
+            .arg(path)
+            .args(["--lora-rank", LORA_RANK, "--lora-alpha", LORA_ALPHA])
+            .args(["--lora-modules", "all", "--seed", &LORA_SEED.to_string()])
+            .args(["--random-b", LORA_B_MAX])
+            .args(extra);
+        run(&mut cmd)?;
     }
     let merged = dir.join("merged-f32.gguf");
     run(Command::new(&tern)
@@ -199,12 +150,7 @@ pub fn interop(root: &Path) -> Result<()> {
         .arg(&adapter)
         .args(["--type", "f32", "--embed-type", "f32", "--out"])
         .arg(&merged))?;
-    let has_tokenizer = GgufWeights::open(&merged)
-        .with_context(|| format!("reading {}", merged.display()))?
-        .file()
-        .get("tokenizer.ggml.model")
-        .is_some();
-    if !has_tokenizer {
+    if !has_key(&tern, &merged, "tokenizer.ggml.model")? {
         bail!(
             "{}: `tern merge` dropped the tokenizer metadata",
             merged.display()
@@ -300,4 +246,28 @@ pub fn interop(root: &Path) -> Result<()> {
     verdict.context("tern and llama.cpp disagree (see the table above)")?;
     eprintln!("interop: tern and llama.cpp agree within the bounds");
     Ok(())
+}
+
+/// Whether the GGUF file at `path` holds the metadata key `key` (read with
+/// `tern inspect --json`).
+fn has_key(tern: &Path, path: &Path, key: &str) -> Result<bool> {
+    let out = Command::new(tern)
+        .arg("inspect")
+        .arg(path)
+        .arg("--json")
+        .output()
+        .with_context(|| format!("could not start {}", tern.display()))?;
+    if !out.status.success() {
+        bail!(
+            "tern inspect {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("tern inspect {} --json: not JSON", path.display()))?;
+    let Some(meta) = report["metadata"].as_array() else {
+        bail!("tern inspect {} --json: no metadata list", path.display());
+    };
+    Ok(meta.iter().any(|m| m["key"] == key))
 }

@@ -1,68 +1,102 @@
-//! `cargo xtask`: thin orchestration over cargo, the tern tools and the
-//! Python oracles. Logic lives in the crates; this only runs commands.
+//! `cargo xtask`: thin orchestration over cargo, the release `tern` binary and
+//! the Python oracles. xtask depends on no tern crate, so `cargo xtask`
+//! itself compiles in seconds; everything that computes runs in `tern`, built
+//! in release by the first command that needs it (cargo's progress shown).
 
 use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod demo;
 mod interop;
 
-const USAGE: &str = "\
-usage: cargo xtask <command>
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "tern's development tasks: the demo, the tests with their oracles, benchmarks, \
+             interop with llama.cpp",
+    after_help = "The tasks that run models build `tern` in release first (on a fresh clone \
+                  that compiles every dependency once, several minutes on 2 cores; later runs \
+                  reuse it)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
 
-commands:
-  demo       [--retrain] [--quick]: the built-in demo: exact match of models/demo/tern-demo.gguf
-             on a task it never saw, LoRA fine-tuning on it, exact match again (target/demo/);
-             --retrain first rebuilds the corpus and re-pretrains the model
-  pyenv      create or update the oracle venv in target/pyenv (gguf, numpy, safetensors)
-  test       pyenv, then `cargo test --workspace` with the oracles enabled
-  fixtures   regenerate every committed oracle fixture under tests/fixtures
-  convert    INPUT --out OUT.gguf [--type T] [--target T] [--embed-type T] [--hf-repo R]:
-             `tern convert` in a release build (see docs/convert.md)
-  gen-checkpoint --config 7b [--dtype f16|bf16|f32] [--seed N] --out DIR:
-             write a random Hugging Face checkpoint of a zoo config, tensor by tensor
-  finetune   --model M --data D [flags]: `tern finetune` (LoRA) in a release build
-  bench      [--backend cpu|wgpu] [--models 125m,1b,...] [--out FILE.jsonl] [tern bench flags]:
-             `tern bench` (prefill, decode, LoRA tok/s, peak memory) over random-weight zoo
-             configs in a release build, then a markdown table of the results;
-             `bench --criterion` runs the criterion micro-benchmarks instead
-  interop    convert a tiny model, run it in llama.cpp (built in target/interop-venv) and
-             compare its logits with tern's (docs/interop.md)
-";
+#[derive(Subcommand)]
+enum Task {
+    /// The built-in demo: exact match of models/demo/tern-demo.gguf on a task it never saw,
+    /// LoRA fine-tuning on it, exact match again (outputs in target/demo/).
+    Demo(demo::DemoArgs),
+    /// Create or update the oracle venv target/pyenv (gguf, numpy, safetensors).
+    Pyenv,
+    /// `pyenv`, then `cargo test --workspace --release` with the oracles enabled.
+    ///
+    /// The release profile lets the tests reuse the dependencies that
+    /// `cargo xtask demo` (or any release build of `tern`) compiled.
+    Test(PassArgs),
+    /// Regenerate every committed oracle fixture under tests/fixtures.
+    Fixtures,
+    /// `tern convert` in a release build (`cargo xtask convert --help` shows its flags).
+    #[command(disable_help_flag = true)]
+    Convert(PassArgs),
+    /// `tern gen-checkpoint` in a release build: a random Hugging Face checkpoint of a
+    /// built-in config, written tensor by tensor.
+    #[command(disable_help_flag = true)]
+    GenCheckpoint(PassArgs),
+    /// `tern finetune` (LoRA) in a release build.
+    #[command(disable_help_flag = true)]
+    Finetune(PassArgs),
+    /// `tern bench` over random-weight zoo configs in a release build, then a markdown table.
+    Bench(BenchArgs),
+    /// Convert a tiny model, run it in llama.cpp (built in target/interop-venv) and compare
+    /// its logits with tern's (docs/interop.md).
+    Interop,
+}
+
+/// Arguments handed on unchanged.
+#[derive(Args)]
+struct PassArgs {
+    /// Arguments for the underlying command.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Run tern-backend's criterion micro-benchmarks instead.
+    #[arg(long)]
+    criterion: bool,
+    /// Comma-separated built-in configs (random weights) or .gguf files.
+    #[arg(long, default_value = "125m,1b,b1.58-2b-4t,7b,13b")]
+    models: String,
+    /// JSON lines file the results are appended to [default: target/bench.jsonl].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where the ops run: cpu or wgpu (`tern bench --backend`).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Further `tern bench` flags (`--prefill 128 --decode 128 --lora-steps 10` ...).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    tern_args: Vec<String>,
+}
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = Cli::parse();
     let root = workspace_root();
-    match args.first().map(String::as_str) {
-        Some("pyenv") => pyenv(&root).map(|_| ()),
-        Some("test") => test(&root, &args[1..]),
-        Some("fixtures") => fixtures(&root),
-        Some("convert") => run(Command::new(env!("CARGO"))
-            .current_dir(&root)
-            .args(["run", "--release", "--quiet", "-p", "tern", "--", "convert"])
-            .args(&args[1..])),
-        Some("finetune") => run(Command::new(env!("CARGO"))
-            .current_dir(&root)
-            .args([
-                "run",
-                "--release",
-                "--quiet",
-                "-p",
-                "tern",
-                "--",
-                "finetune",
-            ])
-            .args(&args[1..])),
-        Some("gen-checkpoint") => gen_checkpoint(&root, &args[1..]),
-        Some("demo") => demo::demo(&root, &args[1..]),
-        Some("interop") => interop::interop(&root),
-        Some("bench") => bench(&root, &args[1..]),
-        Some("-h" | "--help" | "help") | None => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        Some(other) => bail!("unknown xtask command '{other}'\n\n{USAGE}"),
+    match cli.task {
+        Task::Pyenv => pyenv(&root).map(|_| ()),
+        Task::Test(a) => test(&root, &a.args),
+        Task::Fixtures => fixtures(&root),
+        Task::Convert(a) => tern_task(&root, "convert", &a.args),
+        Task::GenCheckpoint(a) => tern_task(&root, "gen-checkpoint", &a.args),
+        Task::Finetune(a) => tern_task(&root, "finetune", &a.args),
+        Task::Demo(a) => demo::demo(&root, &a),
+        Task::Interop => interop::interop(&root),
+        Task::Bench(a) => bench(&root, &a),
     }
 }
 
@@ -71,6 +105,14 @@ fn workspace_root() -> PathBuf {
         .parent()
         .expect("xtask lives in the workspace root")
         .to_path_buf()
+}
+
+/// Cargo's target folder (`CARGO_TARGET_DIR`, else `target/`).
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+        .unwrap_or_else(|| root.join("target"))
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -82,6 +124,42 @@ fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed with {status}");
     }
     Ok(())
+}
+
+/// `cargo build --release` of `packages`, with cargo's progress on the
+/// terminal and a line saying what is built and why. Returns the folder that
+/// holds the binaries.
+fn build_release(root: &Path, packages: &[&str], why: &str) -> Result<PathBuf> {
+    eprintln!(
+        "xtask: building {} in release for {why} (a fresh clone compiles every dependency once: \
+         several minutes on 2 cores; later runs take seconds)",
+        packages
+            .iter()
+            .map(|p| format!("`{p}`"))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    );
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(root).args(["build", "--release"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    run(&mut cmd)?;
+    Ok(target_dir(root).join("release"))
+}
+
+/// The release `tern` binary, built if needed.
+fn tern_release(root: &Path, why: &str) -> Result<PathBuf> {
+    Ok(build_release(root, &["tern"], why)?.join("tern"))
+}
+
+/// `tern SUBCOMMAND ARGS...` in a release build.
+fn tern_task(root: &Path, subcommand: &str, args: &[String]) -> Result<()> {
+    let tern = tern_release(root, &format!("`tern {subcommand}`"))?;
+    run(Command::new(tern)
+        .current_dir(root)
+        .arg(subcommand)
+        .args(args))
 }
 
 /// Create `target/pyenv` (idempotent) and install `tests/requirements.txt`.
@@ -107,10 +185,14 @@ fn pyenv(root: &Path) -> Result<PathBuf> {
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     let python = pyenv(root)?;
+    eprintln!(
+        "xtask: `cargo test --workspace --release`: the release profile shares its compiled \
+         dependencies with `cargo xtask demo` and the other release builds of `tern`"
+    );
     run(Command::new(env!("CARGO"))
         .current_dir(root)
         .env("TERN_PYTHON", &python)
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--release"])
         .args(extra))
 }
 
@@ -134,104 +216,51 @@ fn fixtures(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `gen-checkpoint`: generation is arithmetic on gigabytes, so a debug xtask
-/// hands over to a release build of itself.
-fn gen_checkpoint(root: &Path, args: &[String]) -> Result<()> {
-    if cfg!(debug_assertions) {
-        return run(Command::new(env!("CARGO"))
-            .current_dir(root)
-            .args([
-                "run",
-                "--release",
-                "--quiet",
-                "-p",
-                "xtask",
-                "--",
-                "gen-checkpoint",
-            ])
-            .args(args));
-    }
-    let (mut config, mut dtype, mut out, mut seed) = (None, "f16".to_owned(), None, 0u64);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || {
-            it.next()
-                .cloned()
-                .with_context(|| format!("{a} needs a value"))
-        };
-        match a.as_str() {
-            "--config" => config = Some(val()?),
-            "--dtype" => dtype = val()?,
-            "--out" => out = Some(PathBuf::from(val()?)),
-            "--seed" => seed = val()?.parse().context("--seed")?,
-            other => bail!("gen-checkpoint: unknown argument {other}"),
-        }
-    }
-    let (Some(config), Some(out)) = (config, out) else {
-        bail!("usage: cargo xtask gen-checkpoint --config 7b [--dtype f16] [--seed N] --out DIR");
-    };
-    let cfg = tern_model::BitNetConfig::zoo(&config)?;
-    let dtype = tern_convert::gen::GenDtype::parse(&dtype)?;
-    let t0 = std::time::Instant::now();
-    let (files, bytes) =
-        tern_convert::gen::write_random_checkpoint(&cfg, dtype, seed, &out, |_, _| {})?;
-    eprintln!(
-        "wrote {} files, {:.2} GB of tensors, to {} in {:.1} s",
-        files.len(),
-        bytes as f64 / 1e9,
-        out.display(),
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
 /// `cargo xtask bench`: `tern bench` over zoo configs, results as JSON lines
 /// and a markdown table.
-fn bench(root: &Path, args: &[String]) -> Result<()> {
-    if args.iter().any(|a| a == "--criterion") {
+fn bench(root: &Path, a: &BenchArgs) -> Result<()> {
+    if a.criterion {
         return run(Command::new(env!("CARGO")).current_dir(root).args([
             "bench",
             "-p",
             "tern-backend",
         ]));
     }
-    let mut models = "125m,1b,b1.58-2b-4t,7b,13b".to_string();
-    let mut out = root.join("target/bench.jsonl");
-    let mut rest = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--models" => models = it.next().context("--models needs a value")?.clone(),
-            "--out" => out = PathBuf::from(it.next().context("--out needs a value")?),
-            _ => rest.push(a.clone()),
-        }
+    if let Some(own) = a
+        .tern_args
+        .iter()
+        .find(|t| matches!(t.as_str(), "--models" | "--out" | "--criterion"))
+    {
+        bail!("{own} is a flag of `cargo xtask bench`: give it before `tern bench`'s flags");
     }
-    run(Command::new(env!("CARGO")).current_dir(root).args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "tern",
-    ]))?;
-    let tern = root.join("target/release/tern");
-    for m in models.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| root.join("target/bench.jsonl"));
+    let tern = tern_release(root, "`cargo xtask bench`")?;
+    for m in a.models.split(',').map(str::trim).filter(|m| !m.is_empty()) {
         let model = if m.contains(':') || m.ends_with(".gguf") {
             m.to_string()
         } else {
             format!("random:{m}")
         };
-        run(Command::new(&tern)
+        let mut cmd = Command::new(&tern);
+        cmd.current_dir(root)
             .args(["bench", "--model", &model, "--json"])
-            .arg(&out)
-            .args(&rest))?;
+            .arg(&out);
+        if let Some(b) = &a.backend {
+            cmd.args(["--backend", b]);
+        }
+        run(cmd.args(&a.tern_args))?;
     }
     let text =
         std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
     println!("| model | backend | prefill tok/s | decode tok/s | LoRA tok/s | LoRA peak MiB | peak MiB |");
     println!("|---|---|---|---|---|---|---|");
     let f = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line)?;
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}: not JSON", out.display(), i + 1))?;
         let peak = if v["peak_device_mib"].is_null() {
             &v["peak_rss_mib"]
         } else {
@@ -249,4 +278,66 @@ fn bench(root: &Path, args: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_task_and_argument_has_help() {
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands() {
+            assert!(sub.get_about().is_some(), "task {} has no help", sub.get_name());
+            for arg in sub.get_arguments() {
+                assert!(
+                    arg.get_help().is_some() || arg.get_long_help().is_some(),
+                    "cargo xtask {} {}: no help text",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pass_through_tasks_hand_on_every_flag() {
+        let cli = Cli::try_parse_from([
+            "xtask",
+            "convert",
+            "model",
+            "--out",
+            "m.gguf",
+            "--help",
+            "-t",
+        ])
+        .unwrap();
+        let Task::Convert(a) = cli.task else {
+            panic!("not convert")
+        };
+        assert_eq!(a.args, ["model", "--out", "m.gguf", "--help", "-t"]);
+        let cli = Cli::try_parse_from([
+            "xtask",
+            "bench",
+            "--models",
+            "125m",
+            "--backend",
+            "wgpu",
+            "--decode",
+            "8",
+        ])
+        .unwrap();
+        let Task::Bench(b) = cli.task else {
+            panic!("not bench")
+        };
+        assert_eq!(b.models, "125m");
+        assert_eq!(b.backend.as_deref(), Some("wgpu"));
+        assert_eq!(b.tern_args, ["--decode", "8"]);
+    }
 }
