@@ -142,7 +142,9 @@ pub fn demo(root: &Path, args: &DemoArgs) -> Result<()> {
         );
     }
 
-    let tasks: Vec<&str> = std::iter::once(UNSEEN).chain(SEEN.iter().copied()).collect();
+    let tasks: Vec<&str> = std::iter::once(UNSEEN)
+        .chain(SEEN.iter().copied())
+        .collect();
     let task_list = tasks.join(",");
     let eval = |lora: Option<&Path>, json: &Path| -> Result<serde_json::Value> {
         let mut c = tern();

@@ -258,7 +258,11 @@ fn bench(root: &Path, a: &BenchArgs) -> Result<()> {
     println!("| model | backend | prefill tok/s | decode tok/s | LoRA tok/s | LoRA peak MiB | peak MiB |");
     println!("|---|---|---|---|---|---|---|");
     let f = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let v: serde_json::Value = serde_json::from_str(line)
             .with_context(|| format!("{} line {}: not JSON", out.display(), i + 1))?;
         let peak = if v["peak_device_mib"].is_null() {
@@ -294,7 +298,11 @@ mod tests {
     fn every_task_and_argument_has_help() {
         let cmd = Cli::command();
         for sub in cmd.get_subcommands() {
-            assert!(sub.get_about().is_some(), "task {} has no help", sub.get_name());
+            assert!(
+                sub.get_about().is_some(),
+                "task {} has no help",
+                sub.get_name()
+            );
             for arg in sub.get_arguments() {
                 assert!(
                     arg.get_help().is_some() || arg.get_long_help().is_some(),
@@ -309,13 +317,7 @@ mod tests {
     #[test]
     fn pass_through_tasks_hand_on_every_flag() {
         let cli = Cli::try_parse_from([
-            "xtask",
-            "convert",
-            "model",
-            "--out",
-            "m.gguf",
-            "--help",
-            "-t",
+            "xtask", "convert", "model", "--out", "m.gguf", "--help", "-t",
         ])
         .unwrap();
         let Task::Convert(a) = cli.task else {
