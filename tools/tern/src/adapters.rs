@@ -1,10 +1,12 @@
-//! `tern merge` and `tern adapters average`.
+//! `tern merge`, `tern adapters init` and `tern adapters average`.
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use tern_lora::merge::{average, Merged};
+use tern_lora::{Adapter, LoraConfig};
 use tern_model::export::{export, ExportOptions};
 use tern_model::source::ModelSource;
+use tern_tensor::rng::SplitMix64;
 use tern_tensor::GgmlType;
 
 use crate::run::load_adapter;
@@ -83,8 +85,108 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum AdaptersCommand {
+    /// Write a freshly initialized adapter for a model (PEFT's init, seeded).
+    Init(InitArgs),
     /// Weighted average of adapters of one shape (federated averaging).
     Average(AverageArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InitArgs {
+    /// The base model the adapter is for (.gguf, Hugging Face folder, or random:NAME).
+    #[arg(long, short = 'm')]
+    pub model: String,
+    /// Output: a folder (PEFT) or a .gguf file (llama.cpp adapter).
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    /// LoRA rank r.
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
+    /// LoRA alpha: the update B·A is scaled by alpha / r.
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f32,
+    /// Projections to adapt, comma-separated: q,k,v,o,gate,up,down or all.
+    #[arg(long, default_value = "all")]
+    pub lora_modules: String,
+    /// Seed of A (and of B with --random-b).
+    #[arg(long, short = 's', default_value_t = 0)]
+    pub seed: u64,
+    /// Draw B uniformly from [-X, X] instead of PEFT's zeros, so the adapter changes the
+    /// model's output (for comparing runtimes; a fresh PEFT adapter is a no-op).
+    #[arg(long, value_name = "X")]
+    pub random_b: Option<f32>,
+    /// .gguf output: keep B as is instead of dividing out the base's post-LoRA `.scale`
+    /// tensors (a control: llama.cpp then applies the ffn_gate/ffn_up branches wrongly).
+    #[arg(long)]
+    pub no_post_scales: bool,
+}
+
+/// `tern adapters init`.
+fn init(a: &InitArgs) -> Result<()> {
+    let src = ModelSource::open(&a.model).with_context(|| format!("loading model {}", a.model))?;
+    let cfg = src.weights().config().clone();
+    let lora = LoraConfig {
+        rank: a.lora_rank,
+        alpha: a.lora_alpha,
+        dropout: 0.0,
+        targets: LoraConfig::parse_targets(&a.lora_modules)?,
+    };
+    let mut ad = Adapter::init(&cfg, lora, a.seed)?;
+    if let Some(x) = a.random_b {
+        if !(x.is_finite() && x > 0.0) {
+            bail!("--random-b {x}: expected a positive half-width");
+        }
+        // One stream over every B in the adapter's order (layer, then
+        // q k v o gate up down).
+        let mut rng = SplitMix64::new(a.seed);
+        for (_, b) in ad.tensors.values_mut() {
+            for v in b.iter_mut() {
+                *v = (2.0 * rng.next_f32() - 1.0) * x;
+            }
+        }
+    }
+    let gguf = a
+        .out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if a.no_post_scales && !gguf {
+        bail!(
+            "--no-post-scales: only for a .gguf adapter ({} is a PEFT folder)",
+            a.out.display()
+        );
+    }
+    let post = if a.no_post_scales {
+        Default::default()
+    } else {
+        post_scales(&src)?
+    };
+    if gguf {
+        let arch = match &src {
+            ModelSource::Gguf(g) => g.file().get_str("general.architecture")?.to_owned(),
+            _ => "bitnet".to_owned(),
+        };
+        tern_lora::io::save_gguf(&ad, &a.out, &arch, &post)?;
+    } else {
+        tern_lora::finetune::save_adapter(&ad, &a.out, &a.model, &post)?;
+    }
+    eprintln!(
+        "wrote {} (rank {}, alpha {}, {} projections, {} parameters, B {}{})",
+        a.out.display(),
+        ad.cfg.rank,
+        ad.cfg.alpha,
+        ad.tensors.len(),
+        ad.n_params(),
+        match a.random_b {
+            Some(x) => format!("uniform in [-{x}, {x}]"),
+            None => "zero".to_owned(),
+        },
+        if gguf && post.is_empty() {
+            "; no post-LoRA scales divided out"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -105,6 +207,7 @@ pub struct AverageArgs {
 
 pub fn run(cmd: &AdaptersCommand) -> Result<()> {
     match cmd {
+        AdaptersCommand::Init(a) => init(a),
         AdaptersCommand::Average(a) => {
             let src = ModelSource::open(&a.model)
                 .with_context(|| format!("loading model {}", a.model))?;

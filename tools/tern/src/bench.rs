@@ -15,17 +15,15 @@ use crate::backend::{peak_rss, BackendArgs, Job};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// A .gguf file, a Hugging Face folder, or random:NAME[@SEED] (random
-    /// weights of a built-in config: 125m, 1b, b1.58-2b-4t, 7b, 13b, ...).
-    #[arg(long, short = 'm', default_value = "random:125m")]
+    #[arg(long, short = 'm', default_value = "random:125m", help = crate::run::model_help())]
     pub model: String,
     #[command(flatten)]
     pub backend: BackendArgs,
     /// Prompt tokens for the prefill measurement (0 skips prefill and decode).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, short = 'p', visible_alias = "n-prompt", default_value_t = 128)]
     pub prefill: usize,
     /// Tokens decoded one at a time after the prompt (0 skips).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, short = 'n', visible_alias = "n-gen", default_value_t = 64)]
     pub decode: usize,
     /// Timed LoRA training steps (0 skips); each step is one sequence of
     /// --ctx tokens, forward + backward + AdamW, every projection adapted.
@@ -34,6 +32,7 @@ pub struct BenchArgs {
     /// Tokens per LoRA training step.
     #[arg(long, default_value_t = 128)]
     pub ctx: usize,
+    /// LoRA rank of the timed training steps (alpha is twice the rank).
     #[arg(long, default_value_t = 8)]
     pub lora_rank: usize,
     /// Untimed runs before each measurement (pipeline compilation, caches).

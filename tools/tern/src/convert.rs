@@ -59,3 +59,42 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
     eprint!("{}", report.summary());
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct GenCheckpointArgs {
+    /// A built-in config (see `tern generate --help`) or a config.json file.
+    #[arg(long)]
+    pub config: String,
+    /// Storage dtype of the weights: f16, bf16 or f32.
+    #[arg(long, default_value = "f16")]
+    pub dtype: String,
+    /// Seed of the random values.
+    #[arg(long, short = 's', default_value_t = 0)]
+    pub seed: u64,
+    /// The folder to write: config.json, safetensors shards and their index.
+    #[arg(long, short)]
+    pub out: PathBuf,
+}
+
+/// `tern gen-checkpoint`: a random Hugging Face checkpoint of a config,
+/// written tensor by tensor (input for `tern convert` benchmarks and tests).
+pub fn gen_checkpoint(a: &GenCheckpointArgs) -> Result<()> {
+    let path = std::path::Path::new(&a.config);
+    let cfg = if path.is_file() {
+        tern_model::BitNetConfig::from_file(path)?
+    } else {
+        tern_model::BitNetConfig::zoo(&a.config)?
+    };
+    let dtype = tern_convert::gen::GenDtype::parse(&a.dtype)?;
+    let t0 = std::time::Instant::now();
+    let (files, bytes) =
+        tern_convert::gen::write_random_checkpoint(&cfg, dtype, a.seed, &a.out, |_, _| {})?;
+    eprintln!(
+        "wrote {} files, {:.2} GB of tensors, to {} in {:.1} s",
+        files.len(),
+        bytes as f64 / 1e9,
+        a.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

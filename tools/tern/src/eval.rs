@@ -14,8 +14,7 @@ use crate::backend::{BackendArgs, Job};
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
-    /// A .gguf file, a Hugging Face checkpoint folder, or random:NAME[@SEED].
-    #[arg(long, short = 'm')]
+    #[arg(long, short = 'm', help = crate::run::model_help())]
     pub model: String,
     /// Held-out examples: JSON lines `{"task", "prompt", "answer"}` (a
     /// tern-synth heldout.jsonl).

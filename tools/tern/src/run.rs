@@ -13,20 +13,38 @@ use tern_model::Model;
 
 use crate::backend::{BackendArgs, Job};
 
+/// The names of the built-in configs (`models/*.json`, embedded in
+/// tern-model), comma-separated.
+pub fn zoo_names() -> String {
+    tern_model::config::ZOO
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Help text of `--model`, with the built-in configs `random:` takes.
+pub fn model_help() -> String {
+    format!(
+        "A .gguf file, a Hugging Face checkpoint folder, or random:NAME[@SEED]: seeded random \
+         weights of a built-in config ({}; the bitnet- prefix may be left out, e.g. random:125m)",
+        zoo_names()
+    )
+}
+
 /// Options shared by the commands that run a model.
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {
-    /// A .gguf file, a Hugging Face checkpoint folder, or random:NAME[@SEED]
-    /// (random weights of a built-in config, e.g. random:125m).
-    #[arg(long, short = 'm')]
+    #[arg(long, short = 'm', help = model_help())]
     pub model: String,
     /// tokenizer.json to use instead of the one the model carries.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     #[command(flatten)]
     pub backend: BackendArgs,
-    /// Context length for the KV cache (default: the model's maximum).
-    #[arg(long)]
+    /// Context length for the KV cache (default: what the run needs, at most the model's
+    /// maximum).
+    #[arg(long, short = 'c', visible_alias = "ctx-size")]
     pub ctx: Option<usize>,
     /// How projections treat activations: `int8` is BitNet's W1.58A8
     /// (per-token int8, the faithful default); `none` multiplies float
@@ -126,30 +144,60 @@ pub fn parse_tokens(s: &str) -> Result<Vec<u32>> {
         .collect()
 }
 
+/// The prompt text of `-p TEXT` or `-f FILE` (the file's text without one
+/// final newline, as llama.cpp reads it).
+fn prompt_text(prompt: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>> {
+    Ok(match (prompt, file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(path)) => {
+            let mut text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the prompt file {}", path.display()))?;
+            if text.ends_with('\n') {
+                text.pop();
+                if text.ends_with('\r') {
+                    text.pop();
+                }
+            }
+            Some(text)
+        }
+        (None, None) => None,
+    })
+}
+
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// The prompt text.
-    #[arg(long, short = 'p', conflicts_with = "tokens")]
+    #[arg(long, short = 'p', conflicts_with_all = ["tokens", "file"])]
     pub prompt: Option<String>,
+    /// Read the prompt text from this file (one final newline dropped).
+    #[arg(long, short = 'f', conflicts_with = "tokens")]
+    pub file: Option<PathBuf>,
     /// The prompt as token ids (`1,2,3`); output is printed as ids too.
     #[arg(long)]
     pub tokens: Option<String>,
-    /// Tokens to generate.
-    #[arg(long, short = 'n', default_value_t = 64)]
+    /// Tokens to generate (fewer if the context fills up).
+    #[arg(long, short = 'n', visible_alias = "predict", default_value_t = 64)]
     pub n_predict: usize,
-    #[arg(long, default_value_t = 0)]
+    /// Seed of the sampler's random choices (the same seed gives the same text).
+    #[arg(long, short = 's', default_value_t = 0)]
     pub seed: u64,
     /// Temperature; 0 is greedy.
     #[arg(long = "temp", default_value_t = 0.8)]
     pub temperature: f32,
+    /// Sample from the K most likely tokens only (0: all).
     #[arg(long, default_value_t = 40)]
     pub top_k: usize,
+    /// Nucleus sampling: the smallest set of likely tokens whose probabilities reach P (1:
+    /// all).
     #[arg(long, default_value_t = 0.95)]
     pub top_p: f32,
+    /// Make the tokens of the last --repeat-last-n less likely: their positive logits are
+    /// divided, negative ones multiplied, by this factor (1: off).
     #[arg(long, default_value_t = 1.0)]
     pub repeat_penalty: f32,
+    /// How many recent tokens --repeat-penalty looks at.
     #[arg(long, default_value_t = 64)]
     pub repeat_last_n: usize,
     /// Keep generating past the end-of-sequence token.
@@ -174,14 +222,15 @@ fn generate_on<B: Backend>(a: &GenerateArgs, backend: B) -> Result<()> {
         .cfg
         .max_position_embeddings
         .min(a.model.ctx.unwrap_or(usize::MAX));
-    let (tokenizer, mut prompt) = match (&a.prompt, &a.tokens) {
+    let text = prompt_text(&a.prompt, &a.file)?;
+    let (tokenizer, mut prompt) = match (&text, &a.tokens) {
         (_, Some(t)) => (None, parse_tokens(t)?),
         (Some(p), None) => {
             let tok = src.tokenizer(a.model.tokenizer.as_deref())?;
             let ids = tok.encode(p, true)?;
             (Some(tok), ids)
         }
-        (None, None) => bail!("give a prompt with -p TEXT or --tokens 1,2,3"),
+        (None, None) => bail!("give a prompt with -p TEXT, -f FILE or --tokens 1,2,3"),
     };
     if prompt.is_empty() {
         bail!("the prompt encodes to no tokens");
@@ -255,13 +304,16 @@ pub struct LogitsArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Token ids (`1,2,3`).
-    #[arg(long, conflicts_with = "prompt")]
+    #[arg(long, conflicts_with_all = ["prompt", "file"])]
     pub tokens: Option<String>,
     /// Text to tokenize (with the model's special tokens, e.g. BOS).
-    #[arg(long, short = 'p')]
+    #[arg(long, short = 'p', conflicts_with = "file")]
     pub prompt: Option<String>,
+    /// Read the text to tokenize from this file (one final newline dropped).
+    #[arg(long, short = 'f')]
+    pub file: Option<PathBuf>,
     /// Output .npy file: f32 logits of shape [T, vocab].
-    #[arg(long)]
+    #[arg(long, short = 'o')]
     pub out: PathBuf,
     /// Also write the token ids that were run, as a JSON array.
     #[arg(long)]
@@ -281,12 +333,12 @@ pub fn logits(a: &LogitsArgs) -> Result<()> {
 
 fn logits_on<B: Backend>(a: &LogitsArgs, backend: B) -> Result<()> {
     let (src, mut model) = a.model.load(backend)?;
-    let tokens = match (&a.tokens, &a.prompt) {
+    let tokens = match (&a.tokens, prompt_text(&a.prompt, &a.file)?) {
         (Some(t), _) => parse_tokens(t)?,
         (None, Some(p)) => src
             .tokenizer(a.model.tokenizer.as_deref())?
-            .encode(p, true)?,
-        (None, None) => bail!("give --tokens 1,2,3 or -p TEXT"),
+            .encode(&p, true)?,
+        (None, None) => bail!("give --tokens 1,2,3, -p TEXT or -f FILE"),
     };
     let vocab = model.cfg.vocab_size;
     model.set_context(a.model.ctx.unwrap_or(tokens.len()))?;
@@ -309,4 +361,34 @@ fn logits_on<B: Backend>(a: &LogitsArgs, backend: B) -> Result<()> {
 fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     tern_io::npy::write_f32(path, shape, data)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prompt_text;
+
+    #[test]
+    fn a_prompt_file_loses_one_final_newline_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.txt");
+        for (text, want) in [
+            ("a b\n", "a b"),
+            ("a b\r\n", "a b"),
+            ("a b\n\n", "a b\n"),
+            ("a\nb", "a\nb"),
+            ("", ""),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let got = prompt_text(&None, &Some(path.clone())).unwrap();
+            assert_eq!(got.as_deref(), Some(want), "{text:?}");
+        }
+        // -p is taken as given; no prompt at all is None.
+        assert_eq!(
+            prompt_text(&Some("x".into()), &None).unwrap().as_deref(),
+            Some("x")
+        );
+        assert_eq!(prompt_text(&None, &None).unwrap(), None);
+        let e = prompt_text(&None, &Some(dir.path().join("missing.txt"))).unwrap_err();
+        assert!(format!("{e:#}").contains("missing.txt"), "{e:#}");
+    }
 }
