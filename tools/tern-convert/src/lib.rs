@@ -374,6 +374,16 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
                 .to_owned(),
         );
     }
+    if target == Target::LlamaCpp && !cfg.tie_word_embeddings {
+        warnings.push(
+            "this model's output head is untied (tie_word_embeddings: false) but upstream \
+             llama.cpp's `bitnet` graph only reads the token embedding as the head, so llama.cpp \
+             refuses this file ('wrong number of tensors': output.weight is one too many); \
+             tern runs it (for bitnet.cpp, whose `bitnet-b1.58` graph reads output.weight, use \
+             --target bitnetcpp)"
+                .to_owned(),
+        );
+    }
     if target == Target::LlamaCpp && proj_type == GgmlType::I2_S {
         warnings.push(
             "I2_S is the bitnet.cpp fork's type (id 36); upstream llama.cpp rejects it (tern \
