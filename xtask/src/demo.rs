@@ -159,12 +159,14 @@ pub fn demo(root: &Path, args: &DemoArgs) -> Result<()> {
         if let Some(l) = lora {
             c.arg("--lora").arg(l);
         }
-        super::run(&mut c)?;
+        // The score goes to the JSON file; the table below shows it.
+        super::run(c.stdout(std::process::Stdio::null()))?;
         let text =
             std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))
     };
 
+    eprintln!("demo: scoring the base model on {heldout} held-out examples each of {task_list}");
     let t = Instant::now();
     let before = eval(None, &out.join("before.json"))?;
     let eval_before = t.elapsed().as_secs_f64();
@@ -175,6 +177,7 @@ pub fn demo(root: &Path, args: &DemoArgs) -> Result<()> {
     let run_dir = out.join("finetune");
     let metrics = run_dir.join("metrics.jsonl");
     let loss_curve = run_dir.join("loss.svg");
+    eprintln!("demo: LoRA fine-tuning on '{UNSEEN}' ({steps} steps)");
     let t = Instant::now();
     super::run(
         tern()
@@ -196,6 +199,7 @@ pub fn demo(root: &Path, args: &DemoArgs) -> Result<()> {
     )?;
     let finetune = t.elapsed().as_secs_f64();
 
+    eprintln!("demo: scoring again with the adapter, then with it switched off");
     let t = Instant::now();
     let after = eval(Some(&adapter), &out.join("after.json"))?;
     let eval_after = t.elapsed().as_secs_f64();
@@ -262,12 +266,12 @@ pub fn demo(root: &Path, args: &DemoArgs) -> Result<()> {
 fn explanation(base_unchanged: bool) -> String {
     let seen = SEEN.join("` and `");
     let mut s = format!(
-        "Why `{seen}` fall: the adapter was trained on `{UNSEEN}` alone, so it specializes the \
-         model for that task, and while it is switched on the model answers the pretrained \
-         tasks worse. A LoRA adapter is a switchable add-on: fine-tuning writes only the \
-         adapter and leaves {MODEL} untouched, so with the adapter switched off (no --lora) \
-         the model scores what it scored before. To keep several skills at once, fine-tune \
-         on a mix of tasks."
+        "Why `{seen}` fall: the adapter was trained on `{UNSEEN}` alone, so it specializes the\n\
+         model for that task; while it is switched on, the pretrained tasks get worse.\n\
+         A LoRA adapter is a switchable add-on: fine-tuning writes only the adapter and leaves\n\
+         {MODEL} untouched, so with the adapter switched off (no --lora)\n\
+         the model scores what it scored before (last column). To keep several skills at once,\n\
+         fine-tune on a mix of tasks."
     );
     if !base_unchanged {
         s.push_str(&format!(
