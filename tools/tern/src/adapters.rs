@@ -20,7 +20,7 @@ pub struct MergeArgs {
     #[arg(long, required = true)]
     pub lora: Vec<PathBuf>,
     /// Output GGUF.
-    #[arg(long)]
+    #[arg(long, short = 'o')]
     pub out: PathBuf,
     /// Storage of the merged projections: f16 or f32.
     #[arg(long = "type", default_value = "f16")]
@@ -201,7 +201,7 @@ pub struct AverageArgs {
     #[arg(long, short = 'm')]
     pub model: String,
     /// Output: a folder (PEFT) or a .gguf file (llama.cpp adapter).
-    #[arg(long)]
+    #[arg(long, short = 'o')]
     pub out: PathBuf,
 }
 
