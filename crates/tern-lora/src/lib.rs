@@ -7,11 +7,15 @@
 //! adapter through plain f32 matmuls.
 
 pub mod adapter;
-mod block;
+mod curve;
 pub mod data;
 pub mod finetune;
+pub mod fit;
 pub mod io;
+pub mod latent;
 pub mod merge;
+mod params;
+pub mod pass;
 pub mod pretrain;
 pub mod schedule;
 pub mod train;

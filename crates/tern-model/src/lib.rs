@@ -1,7 +1,9 @@
 //! tern-model: BitNet b1.58 configs, weights and the forward pass.
 
+pub mod block;
 pub mod config;
 pub mod export;
+pub mod keys;
 pub mod model;
 pub mod random;
 pub mod sample;
@@ -10,5 +12,6 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::{BitNetConfig, ConfigError, HiddenAct};
+pub use keys::{LayerTensor, Norm, Param, Proj};
 pub use model::{Model, ModelError};
-pub use weights::{GgufWeights, HfWeights, Proj, WeightError, WeightSource};
+pub use weights::{GgufWeights, HfWeights, WeightError, WeightSource};
