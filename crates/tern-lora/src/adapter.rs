@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use tern_backend::BackendError;
 use tern_model::{BitNetConfig, Proj};
+use tern_tensor::rng::SplitMix64;
 
 /// Which projections carry an adapter, its rank and scaling.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,21 +30,11 @@ impl LoraConfig {
             if item.eq_ignore_ascii_case("all") {
                 return Ok(Proj::ALL.to_vec());
             }
-            let name = item.trim_end_matches("_proj");
-            let p = match name {
-                "q" => Proj::Q,
-                "k" => Proj::K,
-                "v" => Proj::V,
-                "o" => Proj::O,
-                "gate" => Proj::Gate,
-                "up" => Proj::Up,
-                "down" => Proj::Down,
-                _ => {
-                    return Err(LoraError::Config(format!(
-                        "unknown LoRA target module {item:?} (expected q, k, v, o, gate, up, down or all)"
-                    )))
-                }
-            };
+            let p = Proj::parse(item).ok_or_else(|| {
+                LoraError::Config(format!(
+                    "unknown LoRA target module {item:?} (expected q, k, v, o, gate, up, down or all)"
+                ))
+            })?;
             if !out.contains(&p) {
                 out.push(p);
             }
@@ -90,43 +81,19 @@ pub enum LoraError {
     },
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    Batch(#[from] crate::pass::BatchError),
 }
 
-/// One `(A, B)`-shaped pair of host tensors per (layer, projection).
-pub type TensorPairs = BTreeMap<(usize, ProjKey), (Vec<f32>, Vec<f32>)>;
+/// One `(A, B)`-shaped pair of host tensors per (layer, projection), in
+/// layer order, then projection order.
+pub type TensorPairs = BTreeMap<(usize, Proj), (Vec<f32>, Vec<f32>)>;
 
 /// Host-side adapter: `A [r, in]` and `B [out, r]` for every (layer, proj).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Adapter {
     pub cfg: LoraConfig,
     pub tensors: TensorPairs,
-}
-
-/// `Proj` as an ordered map key (layer order, then q k v o gate up down).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ProjKey(pub u8);
-
-impl ProjKey {
-    pub fn of(p: Proj) -> Self {
-        ProjKey(Proj::ALL.iter().position(|&q| q == p).expect("in ALL") as u8)
-    }
-    pub fn proj(self) -> Proj {
-        Proj::ALL[self.0 as usize]
-    }
-}
-
-/// SplitMix64 stream for initialization.
-struct Rng(u64);
-
-impl Rng {
-    fn next_f32(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 24) as f32
-    }
 }
 
 impl Adapter {
@@ -138,12 +105,12 @@ impl Adapter {
         for l in 0..model.num_hidden_layers {
             for &p in &cfg.targets {
                 let (out, inp) = p.shape(model);
-                let mut rng = Rng(seed ^ ((l as u64) << 32) ^ (ProjKey::of(p).0 as u64 + 1));
+                let mut rng = SplitMix64::new(seed ^ ((l as u64) << 32) ^ (p.index() as u64 + 1));
                 let bound = 1.0 / (inp as f32).sqrt();
                 let a: Vec<f32> = (0..cfg.rank * inp)
                     .map(|_| (rng.next_f32() * 2.0 - 1.0) * bound)
                     .collect();
-                tensors.insert((l, ProjKey::of(p)), (a, vec![0.0; out * cfg.rank]));
+                tensors.insert((l, p), (a, vec![0.0; out * cfg.rank]));
             }
         }
         Ok(Adapter { cfg, tensors })
@@ -156,12 +123,12 @@ impl Adapter {
 
     /// Check every tensor against the model's shapes.
     pub fn check(&self, model: &BitNetConfig) -> Result<(), LoraError> {
-        for (&(l, k), (a, b)) in &self.tensors {
-            let (out, inp) = k.proj().shape(model);
+        for (&(l, p), (a, b)) in &self.tensors {
+            let (out, inp) = p.shape(model);
             let r = self.cfg.rank;
             if l >= model.num_hidden_layers || a.len() != r * inp || b.len() != out * r {
                 return Err(LoraError::Shape {
-                    what: format!("layer {l} {}", k.proj().hf_name()),
+                    what: format!("layer {l} {}", p.hf_name()),
                     expected: vec![r * inp, out * r],
                     got: vec![a.len(), b.len()],
                 });
@@ -177,8 +144,8 @@ pub fn attach<B: tern_backend::Backend>(
     model: &mut tern_model::Model<B>,
     ad: &Adapter,
 ) -> Result<(), tern_model::ModelError> {
-    for (&(l, k), (a, b)) in &ad.tensors {
-        model.add_lora(l, k.proj(), a, b, ad.cfg.rank, ad.cfg.scaling())?;
+    for (&(l, p), (a, b)) in &ad.tensors {
+        model.add_lora(l, p, a, b, ad.cfg.rank, ad.cfg.scaling())?;
     }
     Ok(())
 }

@@ -5,12 +5,12 @@
 //! same bytes as `<base>.lora_a` with `ne = {in, r}` and `<base>.lora_b` with
 //! `ne = {r, out}` (ggml lists the innermost dimension first).
 
-use crate::adapter::{Adapter, LoraConfig, ProjKey};
+use crate::adapter::{Adapter, LoraConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tern_io::gguf::{GgufFile, GgufWriter};
 use tern_io::safetensors::{write_safetensors, Checkpoint, Dtype};
-use tern_model::{BitNetConfig, Proj};
+use tern_model::{BitNetConfig, Param, Proj};
 use tern_tensor::GgmlType;
 
 /// A problem with an adapter file, naming the file and the field or tensor.
@@ -51,11 +51,7 @@ pub fn peft_module(l: usize, p: Proj) -> String {
 
 /// llama.cpp's base tensor name of a projection in layer `l`.
 pub fn gguf_base(l: usize, p: Proj) -> String {
-    format!("blk.{l}.{}.weight", p.gguf_name())
-}
-
-fn short_name(p: Proj) -> &'static str {
-    p.hf_name().rsplit('.').next().expect("module path")
+    Param::Proj(l, p).gguf_name()
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -68,7 +64,7 @@ pub fn save_peft(ad: &Adapter, dir: &Path, base_model: &str) -> Result<(), Adapt
     let r = ad.cfg.rank;
     let mut tensors = Vec::new();
     for (&(l, k), (a, b)) in &ad.tensors {
-        let m = peft_module(l, k.proj());
+        let m = peft_module(l, k);
         let inp = a.len() / r;
         let out = b.len() / r;
         tensors.push((
@@ -95,7 +91,7 @@ pub fn save_peft(ad: &Adapter, dir: &Path, base_model: &str) -> Result<(), Adapt
         "r": r,
         "lora_alpha": ad.cfg.alpha,
         "lora_dropout": ad.cfg.dropout,
-        "target_modules": ad.cfg.targets.iter().map(|&p| short_name(p)).collect::<Vec<_>>(),
+        "target_modules": ad.cfg.targets.iter().map(|&p| p.module_name()).collect::<Vec<_>>(),
         "bias": "none",
         "fan_in_fan_out": false,
         "inference_mode": true,
@@ -187,7 +183,7 @@ pub fn load_peft(dir: &Path, model: &BitNetConfig) -> Result<Adapter, AdapterFil
             if !targets.contains(&p) {
                 targets.push(p);
             }
-            tensors.insert((l, ProjKey::of(p)), (a, b));
+            tensors.insert((l, p), (a, b));
         }
     }
     if tensors.is_empty() {
@@ -196,7 +192,7 @@ pub fn load_peft(dir: &Path, model: &BitNetConfig) -> Result<Adapter, AdapterFil
             "no LoRA tensors named like `base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`",
         ));
     }
-    targets.sort_by_key(|&p| ProjKey::of(p));
+    targets.sort();
     let cfg = LoraConfig {
         rank,
         alpha,
@@ -215,7 +211,7 @@ pub fn load_peft(dir: &Path, model: &BitNetConfig) -> Result<Adapter, AdapterFil
 /// before it), so there it computes `s · (W x + (alpha/r) B A x)` where tern
 /// and PEFT compute `s · W x + (alpha/r) B A x`. An adapter written for such a
 /// base divides those B matrices by `s` (see [`save_gguf`]).
-pub type PostScales = BTreeMap<(usize, ProjKey), f32>;
+pub type PostScales = BTreeMap<(usize, Proj), f32>;
 
 const POST_SCALE_KEY: &str = "tern.lora.post_scale";
 
@@ -233,7 +229,7 @@ pub fn post_scales_from_gguf(f: &GgufFile) -> Result<PostScales, AdapterFileErro
         .unwrap_or(0) as usize;
     for l in 0..layers {
         for p in [Proj::Gate, Proj::Up] {
-            let name = format!("blk.{l}.{}.scale", p.gguf_name());
+            let name = Param::Proj(l, p).gguf_scale_name().expect("a projection");
             if let Some(t) = f.tensor(&name) {
                 let mut v = [0f32];
                 if t.n_elements() != 1 {
@@ -241,7 +237,7 @@ pub fn post_scales_from_gguf(f: &GgufFile) -> Result<PostScales, AdapterFileErro
                 }
                 tern_tensor::codec::dequantize_into(t.ty, f.tensor_data(t), &mut v)
                     .map_err(|x| err(f.path(), format!("`{name}`: {x}")))?;
-                out.insert((l, ProjKey::of(p)), v[0]);
+                out.insert((l, p), v[0]);
             }
         }
     }
@@ -259,7 +255,7 @@ pub fn post_scales_from_ternary(
             let t = src
                 .ternary(l, p)
                 .map_err(|e| crate::LoraError::Config(e.to_string()))?;
-            out.insert((l, ProjKey::of(p)), t.scale());
+            out.insert((l, p), t.scale());
         }
     }
     Ok(out)
@@ -292,13 +288,13 @@ pub fn save_gguf(
                     format!("post scale {s} of layer {l} is not positive"),
                 ));
             }
-            let key = format!("{POST_SCALE_KEY}.blk.{l}.{}", k.proj().gguf_name());
+            let key = format!("{POST_SCALE_KEY}.blk.{l}.{}", k.gguf_name());
             w.add_kv(key, s).map_err(e)?;
         }
     }
     let r = ad.cfg.rank as u64;
     for (&(l, k), (a, b)) in &ad.tensors {
-        let base = gguf_base(l, k.proj());
+        let base = gguf_base(l, k);
         w.add_tensor_info(
             format!("{base}.lora_a"),
             GgmlType::F32,
@@ -314,7 +310,7 @@ pub fn save_gguf(
     }
     let mut sink = w.begin_data().map_err(e)?;
     for (&(l, k), (a, b)) in &ad.tensors {
-        let base = gguf_base(l, k.proj());
+        let base = gguf_base(l, k);
         sink.write_tensor(&format!("{base}.lora_a"), &f32_bytes(a))
             .map_err(e)?;
         let b_bytes = match post_scales.get(&(l, k)) {
@@ -389,11 +385,11 @@ pub fn load_gguf(path: &Path, model: &BitNetConfig) -> Result<Adapter, AdapterFi
             if let Some(s) = f.get(&key).and_then(|v| v.to_f64()) {
                 b.iter_mut().for_each(|x| *x *= s as f32);
             }
-            tensors.insert((l, ProjKey::of(p)), (read(ta)?, b));
+            tensors.insert((l, p), (read(ta)?, b));
         }
     }
     let rank = rank.ok_or_else(|| err(path, "no `blk.N.<proj>.weight.lora_a` tensors"))?;
-    targets.sort_by_key(|&p| ProjKey::of(p));
+    targets.sort();
     let cfg = LoraConfig {
         rank,
         alpha,

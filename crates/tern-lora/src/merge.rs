@@ -1,9 +1,9 @@
 //! Folding adapters into a model (`tern merge`) and averaging adapters
 //! trained on different devices (`tern adapters average`).
 
-use crate::adapter::{Adapter, LoraError, ProjKey};
+use crate::adapter::{Adapter, LoraError};
 use tern_backend::TernarySource;
-use tern_model::{BitNetConfig, Proj, WeightError, WeightSource};
+use tern_model::{BitNetConfig, Param, Proj, WeightError, WeightSource};
 
 /// A base model with adapters folded in: every projection becomes
 /// `W_t * s + Σ (alpha / r) · B A` in full precision. Everything else passes
@@ -18,8 +18,8 @@ impl WeightSource for Merged<'_> {
     fn config(&self) -> &BitNetConfig {
         self.base.config()
     }
-    fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, WeightError> {
-        self.base.f32_tensor(name, shape)
+    fn f32_tensor(&self, key: Param) -> Result<Vec<f32>, WeightError> {
+        self.base.f32_tensor(key)
     }
     fn ternary(&self, layer: usize, p: Proj) -> Result<Box<dyn TernarySource + '_>, WeightError> {
         self.base.ternary(layer, p)
@@ -28,7 +28,7 @@ impl WeightSource for Merged<'_> {
         let mut w = self.base.dense_projection(layer, p)?;
         let (out, inp) = p.shape(self.base.config());
         for ad in self.adapters {
-            let Some((a, b)) = ad.tensors.get(&(layer, ProjKey::of(p))) else {
+            let Some((a, b)) = ad.tensors.get(&(layer, p)) else {
                 continue;
             };
             let (r, s) = (ad.cfg.rank, ad.cfg.scaling());

@@ -5,6 +5,9 @@
 //! - constant: `1`;
 //! - linear: `(T - s) / (T - w)`, reaching 0 at `T` total steps;
 //! - cosine: `0.5 · (1 + cos(π · (s - w) / (T - w)))`.
+//!
+//! Pretraining also schedules the weight decay: [`PretrainSchedule`] is a
+//! [`Schedule`] with a constant decay, or BitNet b1.58's [`TwoStage`].
 
 use std::f64::consts::PI;
 
@@ -69,6 +72,105 @@ impl Schedule {
             }
         };
         (self.base_lr as f64 * mult) as f32
+    }
+}
+
+// ---------------------------------------------------------------------------
+// pretraining schedules (learning rate and weight decay)
+
+/// Learning rate and weight decay for one optimizer step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepHparams {
+    pub lr: f32,
+    pub weight_decay: f32,
+}
+
+/// The BitNet b1.58 two-stage schedule.
+///
+/// Source: "BitNet b1.58 2B4T Technical Report" (Ma et al., Microsoft,
+/// arXiv:2504.12285, section 2.2 "Pre-training") and Microsoft's "The Era of
+/// 1-bit LLMs: Training Tips, Code and FAQ" (2024): ternary models tolerate a
+/// much higher learning rate early on; the learning rate decays and then drops
+/// sharply half-way through training, and the second stage runs with weight
+/// decay switched off. tern's parametrization: linear warmup to `peak_lr`,
+/// then linear decay that would reach 0 at `total`; at step `drop_at` the
+/// rate is multiplied by `drop_ratio` and keeps decaying linearly to 0 at
+/// `total`. Weight decay is `weight_decay` before `drop_at` and 0 after. (The
+/// report's stage-1 weight decay follows a cosine bump peaking at 0.1; tern
+/// keeps it constant.)
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TwoStage {
+    pub peak_lr: f32,
+    pub warmup: u64,
+    pub total: u64,
+    /// First step of the second stage (by default `total / 2`).
+    pub drop_at: u64,
+    /// Learning-rate multiplier applied from `drop_at` on.
+    pub drop_ratio: f32,
+    pub weight_decay: f32,
+}
+
+impl TwoStage {
+    /// The schedule with the drop at mid-training.
+    pub fn new(peak_lr: f32, warmup: u64, total: u64, drop_ratio: f32, weight_decay: f32) -> Self {
+        TwoStage {
+            peak_lr,
+            warmup,
+            total,
+            drop_at: total / 2,
+            drop_ratio,
+            weight_decay,
+        }
+    }
+
+    pub fn at(&self, s: u64) -> StepHparams {
+        let base = Schedule {
+            kind: ScheduleKind::Linear,
+            base_lr: self.peak_lr,
+            warmup: self.warmup,
+            total: self.total,
+        }
+        .lr(s);
+        if s < self.drop_at {
+            StepHparams {
+                lr: base,
+                weight_decay: self.weight_decay,
+            }
+        } else {
+            StepHparams {
+                lr: base * self.drop_ratio,
+                weight_decay: 0.0,
+            }
+        }
+    }
+}
+
+/// Learning-rate (and weight-decay) schedule of a pretraining run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PretrainSchedule {
+    /// A [`Schedule`] (constant, linear or cosine with warmup) and a constant
+    /// weight decay.
+    Standard {
+        schedule: Schedule,
+        weight_decay: f32,
+    },
+    /// BitNet b1.58's two-stage schedule.
+    TwoStage(TwoStage),
+}
+
+impl PretrainSchedule {
+    /// Hyper-parameters of optimizer step `s` (0-based).
+    pub fn at(&self, s: u64) -> StepHparams {
+        match self {
+            PretrainSchedule::Standard {
+                schedule,
+                weight_decay,
+            } => StepHparams {
+                lr: schedule.lr(s),
+                weight_decay: *weight_decay,
+            },
+            PretrainSchedule::TwoStage(t) => t.at(s),
+        }
     }
 }
 

@@ -149,7 +149,7 @@ fn gguf_adapter_reads_in_gguf_py() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let k = &v["blk.0.attn_k.weight.lora_a"];
     assert_eq!(k[0], serde_json::json!([64, 4]));
-    let (a, _) = &ad.tensors[&(0, tern_lora::adapter::ProjKey::of(Proj::K))];
+    let (a, _) = &ad.tensors[&(0, Proj::K)];
     let sum: f64 = a.iter().map(|&x| x as f64).sum();
     assert!((k[1].as_f64().unwrap() - sum).abs() < 1e-4);
     assert_eq!(v.as_object().unwrap().len(), 8);
@@ -178,13 +178,12 @@ fn oracle_python() -> Option<std::path::PathBuf> {
 
 #[test]
 fn post_scales_are_divided_out_for_llama_cpp_and_restored_on_load() {
-    use tern_lora::adapter::ProjKey;
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("a.gguf");
     let ad = adapter(Proj::ALL.to_vec());
     let mut post = tern_lora::io::PostScales::new();
-    post.insert((1, ProjKey::of(Proj::Gate)), 0.04);
-    post.insert((0, ProjKey::of(Proj::Up)), 0.25);
+    post.insert((1, Proj::Gate), 0.04);
+    post.insert((0, Proj::Up), 0.25);
     save_gguf(&ad, &p, "bitnet", &post).unwrap();
     // In the file: B of the compensated projections divided by the factor.
     let f = tern_io::gguf::GgufFile::open(&p).unwrap();
@@ -194,11 +193,11 @@ fn post_scales_are_divided_out_for_llama_cpp_and_restored_on_load() {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect()
     };
-    let gate_b = &ad.tensors[&(1, ProjKey::of(Proj::Gate))].1;
+    let gate_b = &ad.tensors[&(1, Proj::Gate)].1;
     for (x, y) in raw("blk.1.ffn_gate.weight.lora_b").iter().zip(gate_b) {
         assert_eq!(*x, y / 0.04);
     }
-    let q_b = &ad.tensors[&(0, ProjKey::of(Proj::Q))].1;
+    let q_b = &ad.tensors[&(0, Proj::Q)].1;
     assert_eq!(&raw("blk.0.attn_q.weight.lora_b"), q_b);
     // Loading restores the adapter (up to one rounding of the division).
     let back = load_gguf(&p, &tiny()).unwrap();
@@ -211,11 +210,5 @@ fn post_scales_are_divided_out_for_llama_cpp_and_restored_on_load() {
             );
         }
     }
-    assert!(save_gguf(
-        &ad,
-        &p,
-        "bitnet",
-        &[((0, ProjKey::of(Proj::Up)), 0.0)].into()
-    )
-    .is_err());
+    assert!(save_gguf(&ad, &p, "bitnet", &[((0, Proj::Up), 0.0)].into()).is_err());
 }

@@ -8,7 +8,6 @@
 
 use std::path::PathBuf;
 use tern_backend::Cpu;
-use tern_lora::adapter::ProjKey;
 use tern_lora::{Adapter, LoraConfig, Trainer};
 use tern_model::model::ActQuant;
 use tern_model::{HfWeights, Model, Proj};
@@ -90,7 +89,7 @@ fn check_with(name: &str, dropout: f32) {
     let mut worst = 0f64;
     for layer in 0..cfg.num_hidden_layers {
         for p in Proj::ALL {
-            let key = (layer, ProjKey::of(p));
+            let key = (layer, p);
             for which in 0..2 {
                 let len = if which == 0 {
                     ad.tensors[&key].0.len()

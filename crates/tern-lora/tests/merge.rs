@@ -1,7 +1,6 @@
 //! `Merged` exports `W_t * s + (alpha / r) B A`; averaging is element-wise.
 
 use std::path::PathBuf;
-use tern_lora::adapter::ProjKey;
 use tern_lora::merge::{average, Merged};
 use tern_lora::{Adapter, LoraConfig};
 use tern_model::export::{export, ExportOptions};
@@ -71,7 +70,7 @@ fn merged_export_holds_base_plus_scaled_product() {
             t.row_codes(o, &mut codes);
             for i in 0..inp {
                 let mut want = codes[i] as f64 * t.scale() as f64;
-                if let Some((a, b)) = ad.tensors.get(&(l, ProjKey::of(p))) {
+                if let Some((a, b)) = ad.tensors.get(&(l, p)) {
                     for k in 0..2 {
                         want += 3.0 * b[o * 2 + k] as f64 * a[k * inp + i] as f64;
                     }

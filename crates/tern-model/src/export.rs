@@ -23,7 +23,8 @@
 //! every such tensor. Tensors stream to the file one at a time; the file
 //! appears at `path` only when complete.
 
-use crate::weights::{Proj, WeightError, WeightSource, EMBED, GGUF_ACT_KEY, LM_HEAD, NORM};
+use crate::keys::{LayerTensor, Param, Proj};
+use crate::weights::{WeightError, WeightSource, GGUF_ACT_KEY};
 use crate::{BitNetConfig, HiddenAct};
 use std::io::Write;
 use std::path::Path;
@@ -189,12 +190,8 @@ fn proj_storage(opts: &ExportOptions, cols: usize) -> Result<GgmlType, String> {
 
 /// One tensor of the output, in file order.
 enum Item {
-    /// A full-precision tensor by canonical name, stored as `ty`.
-    Dense {
-        canon: String,
-        shape: Vec<usize>,
-        ty: GgmlType,
-    },
+    /// A full-precision tensor, stored as `ty`.
+    Dense { key: Param, ty: GgmlType },
     /// A projection's codes, stored as `ty`.
     Proj { layer: usize, p: Proj, ty: GgmlType },
     /// A projection as full-precision values ([`ExportOptions::dense_projections`]).
@@ -242,7 +239,7 @@ pub fn export(
     }
     if !EMBED_TYPES.contains(&dense_ty) {
         return Err(bad(
-            "token_embd.weight",
+            &Param::Embed.gguf_name(),
             format!(
                 "{dense_ty} is not supported for the embedding (use one of {})",
                 names(&EMBED_TYPES)
@@ -252,7 +249,7 @@ pub fn export(
     let h = cfg.hidden_size;
     if h % dense_ty.block_size() != 0 {
         return Err(bad(
-            "token_embd.weight",
+            &Param::Embed.gguf_name(),
             format!(
                 "rows of {h} values are not a multiple of the {dense_ty} block size {}",
                 dense_ty.block_size()
@@ -269,25 +266,23 @@ pub fn export(
     // Declare every tensor first (GGUF puts the infos before the data).
     let mut items: Vec<(String, Item)> = Vec::new();
     let mut report = ExportReport::default();
-    let dense = |canon: String, shape: &[usize], ty: GgmlType| Item::Dense {
-        canon,
-        shape: shape.to_vec(),
-        ty,
-    };
     let f32_ = GgmlType::F32;
-    items.push((
-        "token_embd.weight".into(),
-        dense(EMBED.into(), &[cfg.vocab_size, h], dense_ty),
-    ));
+    let dense = |key: Param| {
+        let ty = match key {
+            Param::Embed | Param::Head => dense_ty,
+            Param::FinalNorm | Param::Norm(..) | Param::Proj(..) => f32_,
+        };
+        (key.gguf_name(), Item::Dense { key, ty })
+    };
+    items.push(dense(Param::Embed));
     for l in 0..cfg.num_hidden_layers {
-        let canon = |s: &str| format!("layers.{l}.{s}");
-        items.push((
-            format!("blk.{l}.attn_norm.weight"),
-            dense(canon("input_layernorm"), &[h], f32_),
-        ));
-        for p in Proj::ALL {
+        for key in LayerTensor::FILE_ORDER.map(|t| t.at(l)) {
+            let Param::Proj(_, p) = key else {
+                items.push(dense(key));
+                continue;
+            };
             let (_, cols) = p.shape(&cfg);
-            let name = format!("blk.{l}.{}.weight", p.gguf_name());
+            let name = key.gguf_name();
             let ty = proj_storage(opts, cols).map_err(|r| bad(&name, r))?;
             if ty != proj_ty {
                 report.fallbacks.push(Fallback {
@@ -303,34 +298,21 @@ pub fn export(
                 items.push((name, Item::Proj { layer: l, p, ty }));
             }
             if target == Target::LlamaCpp && ty != GgmlType::I2_S && !opts.dense_projections {
-                items.push((format!("blk.{l}.{}.scale", p.gguf_name()), Item::Scale));
-            }
-            if p == Proj::O {
-                items.push((
-                    format!("blk.{l}.attn_sub_norm.weight"),
-                    dense(canon("attn_sub_norm"), &[cfg.q_dim()], f32_),
-                ));
-                items.push((
-                    format!("blk.{l}.ffn_norm.weight"),
-                    dense(canon("post_attention_layernorm"), &[h], f32_),
-                ));
+                let scale = key.gguf_scale_name().expect("a projection has a scale");
+                items.push((scale, Item::Scale));
             }
         }
-        items.push((
-            format!("blk.{l}.ffn_sub_norm.weight"),
-            dense(canon("ffn_sub_norm"), &[cfg.intermediate_size], f32_),
-        ));
     }
-    items.push(("output_norm.weight".into(), dense(NORM.into(), &[h], f32_)));
+    items.push(dense(Param::FinalNorm));
     if !cfg.tie_word_embeddings {
-        items.push((
-            "output.weight".into(),
-            dense(LM_HEAD.into(), &[cfg.vocab_size, h], dense_ty),
-        ));
+        items.push(dense(Param::Head));
     }
     for (name, item) in &items {
         let (ty, ne): (GgmlType, Vec<u64>) = match item {
-            Item::Dense { shape, ty, .. } => (*ty, shape.iter().rev().map(|&d| d as u64).collect()),
+            Item::Dense { key, ty } => {
+                let shape = key.shape(&cfg);
+                (*ty, shape.iter().rev().map(|&d| d as u64).collect())
+            }
             Item::Proj { p, ty, .. } | Item::DenseProj { p, ty, .. } => {
                 let (rows, cols) = p.shape(&cfg);
                 (*ty, vec![cols as u64, rows as u64])
@@ -347,9 +329,10 @@ pub fn export(
     for (name, item) in &items {
         let bytes = sink.next_tensor().map_or(0, |t| t.n_bytes);
         match item {
-            Item::Dense { canon, shape, ty } => {
-                let vals = src.f32_tensor(canon, shape)?;
-                write_rows(&mut sink, name, *ty, &vals, *shape.last().unwrap_or(&1))
+            Item::Dense { key, ty } => {
+                let vals = src.f32_tensor(*key)?;
+                let row = *key.shape(&cfg).last().unwrap_or(&1);
+                write_rows(&mut sink, name, *ty, &vals, row)
                     .map_err(|e| with_tensor(e, path, name))?;
             }
             Item::Proj { layer, p, ty } => {

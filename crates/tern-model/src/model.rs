@@ -1,18 +1,18 @@
-//! The BitNet b1.58 forward pass over any [`Backend`], with a KV cache.
+//! The BitNet b1.58 model over any [`Backend`]: weights on the device, a KV
+//! cache, and the forward pass (embedding, the [`crate::block`] of every
+//! layer, final norm and head).
 //!
-//! Block (pre-norm, Llama-shaped, with BitNet's two extra sub-norms):
-//! ```text
-//! h   = x + o_proj(attn_sub_norm(attn(rope(q(n1)), rope(k(n1)), v(n1))))   n1 = input_layernorm(x)
-//! out = h + down(ffn_sub_norm(act(gate(n2)) * up(n2)))                     n2 = post_attention_layernorm(h)
-//! ```
 //! Every projection is a BitLinear (ternary weights, per-token int8
 //! activations); the embedding, the norms and the LM head stay in f32.
 //! [`ActQuant::None`] switches the projections to float activations, a
 //! diagnostic mode for comparing with runtimes that do not quantize them.
 
+use crate::block::{self, Attend, BlockActs, BlockHooks, Site};
 use crate::config::{BitNetConfig, HiddenAct};
-use crate::weights::{Proj, WeightError, WeightSource};
-use tern_backend::{Activation, AttnDims, Backend, BackendError, Gemm};
+use crate::keys::{LayerTensor, Norm, Param, Proj};
+use crate::weights::{WeightError, WeightSource};
+use std::collections::HashMap;
+use tern_backend::{Activation, Backend, BackendError, Gemm};
 
 /// How the projections treat their input activations.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -29,19 +29,54 @@ pub enum ActQuant {
     None,
 }
 
-/// One transformer block on the device.
+/// One transformer block on the device: four norm weights and seven packed
+/// projections, reached by key.
 pub struct Layer<B: Backend> {
-    pub attn_norm: B::Buf,
-    pub q: B::Ternary,
-    pub k: B::Ternary,
-    pub v: B::Ternary,
-    pub o: B::Ternary,
-    pub attn_sub_norm: B::Buf,
-    pub ffn_norm: B::Buf,
-    pub gate: B::Ternary,
-    pub up: B::Ternary,
-    pub down: B::Ternary,
-    pub ffn_sub_norm: B::Buf,
+    norms: [B::Buf; 4],
+    projs: [B::Ternary; 7],
+}
+
+impl<B: Backend> Layer<B> {
+    /// Upload layer `l` of `src` onto `be`.
+    /// Tensors are read in file order ([`LayerTensor::FILE_ORDER`]).
+    pub fn load(be: &B, src: &dyn WeightSource, l: usize) -> Result<Self, ModelError> {
+        let mut norms: [Option<B::Buf>; 4] = Default::default();
+        let mut projs: [Option<B::Ternary>; 7] = Default::default();
+        for t in LayerTensor::FILE_ORDER {
+            match t {
+                LayerTensor::Norm(n) => {
+                    let v = src.f32_tensor(Param::Norm(l, n))?;
+                    norms[n.index()] = Some(be.upload(&v)?);
+                }
+                LayerTensor::Proj(p) => {
+                    let w = src.ternary(l, p)?;
+                    projs[p.index()] = Some(be.upload_ternary(w.as_ref())?);
+                }
+            }
+        }
+        Ok(Layer {
+            norms: norms.map(|n| n.expect("the file order lists every norm")),
+            projs: projs.map(|p| p.expect("the file order lists every projection")),
+        })
+    }
+
+    /// The packed weight of projection `p`.
+    pub fn proj(&self, p: Proj) -> &B::Ternary {
+        &self.projs[p.index()]
+    }
+
+    pub fn proj_mut(&mut self, p: Proj) -> &mut B::Ternary {
+        &mut self.projs[p.index()]
+    }
+
+    /// The weight of norm `n`.
+    pub fn norm(&self, n: Norm) -> &B::Buf {
+        &self.norms[n.index()]
+    }
+
+    pub fn norm_mut(&mut self, n: Norm) -> &mut B::Buf {
+        &mut self.norms[n.index()]
+    }
 }
 
 /// A loaded model: weights on the device plus its KV cache.
@@ -60,7 +95,40 @@ pub struct Model<B: Backend> {
     work: Option<Work<B>>,
     act_quant: ActQuant,
     /// Low-rank deltas (LoRA) per projection, applied in the order added.
-    lora: std::collections::HashMap<(usize, Proj), Vec<LowRank<B>>>,
+    lora: HashMap<(usize, Proj), Vec<LowRank<B>>>,
+}
+
+/// A model's dense (f32) parameters, mutable, by key
+/// ([`Model::backend_and_params_mut`]).
+pub struct DenseParamsMut<'a, B: Backend> {
+    embed: &'a mut B::Buf,
+    norm: &'a mut B::Buf,
+    lm_head: Option<&'a mut B::Buf>,
+    layers: &'a mut [Layer<B>],
+}
+
+impl<'a, B: Backend> DenseParamsMut<'a, B> {
+    /// The parameter of `key`; `None` for a projection or a tied head.
+    pub fn get(&mut self, key: Param) -> Option<&mut B::Buf> {
+        DenseParamsMut {
+            embed: &mut *self.embed,
+            norm: &mut *self.norm,
+            lm_head: self.lm_head.as_deref_mut(),
+            layers: &mut *self.layers,
+        }
+        .into_param(key)
+    }
+
+    /// [`Self::get`], keeping the borrow.
+    pub fn into_param(self, key: Param) -> Option<&'a mut B::Buf> {
+        match key {
+            Param::Embed => Some(self.embed),
+            Param::FinalNorm => Some(self.norm),
+            Param::Head => self.lm_head,
+            Param::Norm(l, n) => self.layers.get_mut(l).map(|layer| layer.norm_mut(n)),
+            Param::Proj(..) => None,
+        }
+    }
 }
 
 /// A low-rank delta on one projection: `y += scale · B (A x)` with
@@ -72,8 +140,7 @@ pub struct LowRank<B: Backend> {
     pub scale: f32,
 }
 
-/// Keys and values of every layer, `[ctx, n_kv_heads, head_dim]` each.
-/// Per-forward activation buffers for `n` tokens.
+/// Per-forward buffers for `n` tokens.
 struct Work<B: Backend> {
     n: usize,
     all_logits: bool,
@@ -81,22 +148,15 @@ struct Work<B: Backend> {
     lora_ranks: Vec<usize>,
     ids: B::Ids,
     pos: B::Ids,
+    /// The current block's input (the embedding, then each block's output).
     x: B::Buf,
-    xn: B::Buf,
-    rstd: B::Buf,
-    q: B::Buf,
-    k: B::Buf,
-    v: B::Buf,
-    att: B::Buf,
-    att_n: B::Buf,
-    lse: B::Buf,
-    proj: B::Buf,
-    g: B::Buf,
-    u: B::Buf,
-    a: B::Buf,
-    a_n: B::Buf,
+    /// One block's activations, reused by every layer.
+    acts: BlockActs<B>,
     /// `[n, rank]` per entry of `lora_ranks` (LoRA's intermediate product).
     t: Vec<B::Buf>,
+    /// The final norm's output and inverse RMS.
+    xn: B::Buf,
+    rstd: B::Buf,
     last: B::Buf,
     logits: B::Buf,
 }
@@ -109,8 +169,7 @@ impl<B: Backend> Work<B> {
         all_logits: bool,
         lora_ranks: Vec<usize>,
     ) -> Result<Self, ModelError> {
-        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
-        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let h = cfg.hidden_size;
         let rows = if all_logits { n } else { 1 };
         Ok(Work {
             n,
@@ -123,30 +182,57 @@ impl<B: Backend> Work<B> {
             ids: b.upload_ids(&vec![0; n])?,
             pos: b.upload_ids(&vec![0; n])?,
             x: b.zeros(n * h)?,
+            acts: BlockActs::new(b, cfg, n)?,
             xn: b.zeros(n * h)?,
             rstd: b.zeros(n)?,
-            q: b.zeros(n * qd)?,
-            k: b.zeros(n * kvd)?,
-            v: b.zeros(n * kvd)?,
-            att: b.zeros(n * qd)?,
-            att_n: b.zeros(n * qd)?,
-            lse: b.zeros(cfg.num_attention_heads * n)?,
-            proj: b.zeros(n * h)?,
-            g: b.zeros(n * f)?,
-            u: b.zeros(n * f)?,
-            a: b.zeros(n * f)?,
-            a_n: b.zeros(n * f)?,
             last: b.zeros(h)?,
             logits: b.zeros(rows * cfg.vocab_size)?,
         })
     }
 }
 
+/// Keys and values of every layer, `[ctx, n_kv_heads, head_dim]` each.
 struct KvCache<B: Backend> {
     k: Vec<B::Buf>,
     v: Vec<B::Buf>,
     ctx: usize,
     len: usize,
+}
+
+/// The inference projection: BitLinear plus every low-rank delta on it.
+struct Infer<'a, B: Backend> {
+    cfg: &'a BitNetConfig,
+    mode: ActQuant,
+    lora: &'a HashMap<(usize, Proj), Vec<LowRank<B>>>,
+    /// `[n, rank]` scratch per distinct rank, ascending by `ranks`.
+    t: &'a mut [B::Buf],
+    ranks: &'a [usize],
+}
+
+impl<B: Backend> BlockHooks<B> for Infer<'_, B> {
+    type Error = BackendError;
+    fn project(
+        &mut self,
+        be: &B,
+        at: Site<'_, B>,
+        x: &B::Buf,
+        y: &mut B::Buf,
+    ) -> Result<(), BackendError> {
+        block::bitlinear(be, self.mode, at.weight, x, y, at.rows);
+        let (out, inp) = at.proj.shape(self.cfg);
+        let deltas = self.lora.get(&(at.layer, at.proj));
+        for d in deltas.map_or(&[][..], Vec::as_slice) {
+            let i = self
+                .ranks
+                .binary_search(&d.rank)
+                .expect("rank has a buffer");
+            let t = &mut self.t[i];
+            be.matmul(x, &d.a, t, Gemm::new(at.rows, inp, d.rank).trans_b());
+            let up = Gemm::new(at.rows, d.rank, out).trans_b().alpha(d.scale);
+            be.matmul(t, &d.b, y, up.accumulate());
+        }
+        Ok(())
+    }
 }
 
 /// What can go wrong running a model.
@@ -193,55 +279,66 @@ impl<B: Backend> Model<B> {
     /// Upload every weight from `src` (one tensor at a time) onto `backend`.
     pub fn load(backend: B, src: &dyn WeightSource) -> Result<Self, ModelError> {
         let cfg = src.config().clone();
-        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
-        let norm = |name: &str, len: usize| -> Result<B::Buf, ModelError> {
-            let v = src.f32_tensor(name, &[len])?;
-            Ok(backend.upload(&v)?)
+        let dense = |key: Param| -> Result<B::Buf, ModelError> {
+            Ok(backend.upload(&src.f32_tensor(key)?)?)
         };
-        let ternary = |layer: usize, p: Proj| -> Result<B::Ternary, ModelError> {
-            let t = src.ternary(layer, p)?;
-            Ok(backend.upload_ternary(t.as_ref())?)
-        };
-        let embed = {
-            let v = src.f32_tensor(crate::weights::EMBED, &[cfg.vocab_size, h])?;
-            backend.upload(&v)?
-        };
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for l in 0..cfg.num_hidden_layers {
-            let n = |suffix: &str| format!("layers.{l}.{suffix}");
-            layers.push(Layer {
-                attn_norm: norm(&n("input_layernorm"), h)?,
-                q: ternary(l, Proj::Q)?,
-                k: ternary(l, Proj::K)?,
-                v: ternary(l, Proj::V)?,
-                o: ternary(l, Proj::O)?,
-                attn_sub_norm: norm(&n("attn_sub_norm"), cfg.q_dim())?,
-                ffn_norm: norm(&n("post_attention_layernorm"), h)?,
-                gate: ternary(l, Proj::Gate)?,
-                up: ternary(l, Proj::Up)?,
-                down: ternary(l, Proj::Down)?,
-                ffn_sub_norm: norm(&n("ffn_sub_norm"), f)?,
-            });
-        }
-        let final_norm = norm(crate::weights::NORM, h)?;
+        let embed = dense(Param::Embed)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|l| Layer::load(&backend, src, l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let norm = dense(Param::FinalNorm)?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            let v = src.f32_tensor(crate::weights::LM_HEAD, &[cfg.vocab_size, h])?;
-            Some(backend.upload(&v)?)
+            Some(dense(Param::Head)?)
         };
         Ok(Model {
             cfg,
             backend,
             embed,
             layers,
-            norm: final_norm,
+            norm,
             lm_head,
             cache: None,
             work: None,
             act_quant: ActQuant::default(),
-            lora: std::collections::HashMap::new(),
+            lora: HashMap::new(),
         })
+    }
+
+    /// A dense (f32) parameter on the device: the embedding, the final norm,
+    /// the untied head or a layer's norm; `None` for a projection (packed
+    /// ternary: [`Layer::proj`]) or a head the model ties to the embedding.
+    pub fn param(&self, key: Param) -> Option<&B::Buf> {
+        match key {
+            Param::Embed => Some(&self.embed),
+            Param::FinalNorm => Some(&self.norm),
+            Param::Head => self.lm_head.as_ref(),
+            Param::Norm(l, n) => self.layers.get(l).map(|layer| layer.norm(n)),
+            Param::Proj(..) => None,
+        }
+    }
+
+    /// [`Model::param`], mutable (trainers update these in place).
+    pub fn param_mut(&mut self, key: Param) -> Option<&mut B::Buf> {
+        self.backend_and_params_mut().1.into_param(key)
+    }
+
+    /// The backend and the dense parameters, borrowed apart: for an
+    /// optimizer that updates parameters on the device.
+    pub fn backend_and_params_mut(&mut self) -> (&B, DenseParamsMut<'_, B>) {
+        let params = DenseParamsMut {
+            embed: &mut self.embed,
+            norm: &mut self.norm,
+            lm_head: self.lm_head.as_mut(),
+            layers: &mut self.layers,
+        };
+        (&self.backend, params)
+    }
+
+    /// The output head: the untied `lm_head`, or the embedding.
+    pub fn head(&self) -> &B::Buf {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
     /// Add a low-rank delta `scale · B A` to projection `p` of layer `layer`
@@ -364,140 +461,48 @@ impl<B: Backend> Model<B> {
         };
         let w = &mut work;
         let h = cfg.hidden_size;
-        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
-        let (eps, f) = (cfg.rms_norm_eps, cfg.intermediate_size);
-        let act = cfg.hidden_act.activation();
-        let act_quant = self.act_quant;
-        let lora = &self.lora;
-        let linear = |l: usize,
-                      p: Proj,
-                      wt: &B::Ternary,
-                      x: &B::Buf,
-                      y: &mut B::Buf,
-                      ts: &mut Vec<B::Buf>,
-                      ranks: &[usize]| {
-            match act_quant {
-                ActQuant::PerTokenInt8 => b.ternary_matmul(wt, x, y, n),
-                ActQuant::None => b.ternary_matmul_float(wt, x, y, n),
-            }
-            let (out, inp) = p.shape(cfg);
-            for d in lora.get(&(l, p)).map_or(&[][..], Vec::as_slice) {
-                let t = &mut ts[ranks.binary_search(&d.rank).expect("rank has a buffer")];
-                b.matmul(x, &d.a, t, gemm(n, inp, d.rank, true, 1.0, 0.0));
-                b.matmul(t, &d.b, y, gemm(n, d.rank, out, true, d.scale, 1.0));
-            }
-        };
-
         b.write_ids(&mut w.ids, tokens);
         let positions: Vec<u32> = (n_past..n_past + n).map(|p| p as u32).collect();
         b.write_ids(&mut w.pos, &positions);
         b.embedding(&self.embed, &w.ids, &mut w.x, h);
-        let dims = AttnDims {
-            batch: 1,
-            n_new: n,
-            n_past,
-            kv_len: cache.ctx,
-            n_heads: nh,
-            n_kv_heads: nkv,
-            head_dim: hd,
+        let mut hooks = Infer {
+            cfg,
+            mode: self.act_quant,
+            lora: &self.lora,
+            t: &mut w.t,
+            ranks: &w.lora_ranks,
         };
         for (l, layer) in self.layers.iter().enumerate() {
-            b.rmsnorm(&w.x, &layer.attn_norm, &mut w.xn, &mut w.rstd, n, h, eps);
-            linear(
+            let attend = Attend::Cache {
+                k: &mut cache.k[l],
+                v: &mut cache.v[l],
+                n_past,
+                ctx: cache.ctx,
+            };
+            block::forward(
+                b,
+                cfg,
                 l,
-                Proj::Q,
-                &layer.q,
-                &w.xn,
-                &mut w.q,
-                &mut w.t,
-                &w.lora_ranks,
-            );
-            linear(
-                l,
-                Proj::K,
-                &layer.k,
-                &w.xn,
-                &mut w.k,
-                &mut w.t,
-                &w.lora_ranks,
-            );
-            linear(
-                l,
-                Proj::V,
-                &layer.v,
-                &w.xn,
-                &mut w.v,
-                &mut w.t,
-                &w.lora_ranks,
-            );
-            b.rope(&mut w.q, &w.pos, n, nh, hd, cfg.rope_theta, false);
-            b.rope(&mut w.k, &w.pos, n, nkv, hd, cfg.rope_theta, false);
-            b.copy_range(&w.k, 0, &mut cache.k[l], n_past * kvd, n * kvd);
-            b.copy_range(&w.v, 0, &mut cache.v[l], n_past * kvd, n * kvd);
-            b.attention(&w.q, &cache.k[l], &cache.v[l], &mut w.att, &mut w.lse, dims);
-            b.rmsnorm(
-                &w.att,
-                &layer.attn_sub_norm,
-                &mut w.att_n,
-                &mut w.rstd,
-                n,
-                qd,
-                eps,
-            );
-            linear(
-                l,
-                Proj::O,
-                &layer.o,
-                &w.att_n,
-                &mut w.proj,
-                &mut w.t,
-                &w.lora_ranks,
-            );
-            b.axpy(1.0, &w.proj, &mut w.x);
-
-            b.rmsnorm(&w.x, &layer.ffn_norm, &mut w.xn, &mut w.rstd, n, h, eps);
-            linear(
-                l,
-                Proj::Gate,
-                &layer.gate,
-                &w.xn,
-                &mut w.g,
-                &mut w.t,
-                &w.lora_ranks,
-            );
-            linear(
-                l,
-                Proj::Up,
-                &layer.up,
-                &w.xn,
-                &mut w.u,
-                &mut w.t,
-                &w.lora_ranks,
-            );
-            b.gate(&w.g, &w.u, &mut w.a, act);
-            b.rmsnorm(
-                &w.a,
-                &layer.ffn_sub_norm,
-                &mut w.a_n,
-                &mut w.rstd,
-                n,
-                f,
-                eps,
-            );
-            linear(
-                l,
-                Proj::Down,
-                &layer.down,
-                &w.a_n,
-                &mut w.proj,
-                &mut w.t,
-                &w.lora_ranks,
-            );
-            b.axpy(1.0, &w.proj, &mut w.x);
+                layer,
+                &mut hooks,
+                &w.x,
+                &w.pos,
+                attend,
+                &mut w.acts,
+            )?;
+            // the block's output is the next block's input
+            std::mem::swap(&mut w.x, &mut w.acts.out);
         }
         cache.len += n;
-        b.rmsnorm(&w.x, &self.norm, &mut w.xn, &mut w.rstd, n, h, eps);
+        b.rmsnorm(
+            &w.x,
+            &self.norm,
+            &mut w.xn,
+            &mut w.rstd,
+            n,
+            h,
+            cfg.rms_norm_eps,
+        );
         let rows = if all_logits { n } else { 1 };
         let last = if all_logits {
             &w.xn
@@ -505,37 +510,10 @@ impl<B: Backend> Model<B> {
             b.copy_range(&w.xn, (n - 1) * h, &mut w.last, 0, h);
             &w.last
         };
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        b.matmul(
-            last,
-            head,
-            &mut w.logits,
-            Gemm {
-                m: rows,
-                k: h,
-                n: cfg.vocab_size,
-                trans_a: false,
-                trans_b: true,
-                alpha: 1.0,
-                beta: 0.0,
-            },
-        );
+        block::logits(b, cfg, self.head(), last, &mut w.logits, rows);
         let out = b.download(&w.logits);
         self.work = Some(work);
         Ok(out?)
-    }
-}
-
-/// `C = alpha · A · op(B) + beta · C` with `A [m, k]`.
-fn gemm(m: usize, k: usize, n: usize, trans_b: bool, alpha: f32, beta: f32) -> Gemm {
-    Gemm {
-        m,
-        k,
-        n,
-        trans_a: false,
-        trans_b,
-        alpha,
-        beta,
     }
 }
 

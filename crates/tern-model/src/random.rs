@@ -5,24 +5,13 @@
 //! costs only its packed size plus the f32 embedding.
 
 use crate::config::BitNetConfig;
-use crate::weights::{Proj, WeightError, WeightSource, EMBED, LM_HEAD, NORM};
+use crate::weights::{dense_key, Param, Proj, WeightError, WeightSource};
 use tern_backend::TernarySource;
-
-/// SplitMix64 finalizer: a stateless, well-mixed hash of a 64-bit counter.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn key(seed: u64, name: &str) -> u64 {
-    name.bytes().fold(mix(seed), |h, b| mix(h ^ u64::from(b)))
-}
+use tern_tensor::rng::{hash_str, mix, unit_f32};
 
 /// Uniform f32 in [-1, 1) from a hash value.
 fn unit(h: u64) -> f32 {
-    ((h >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    unit_f32(h) * 2.0 - 1.0
 }
 
 /// Random weights of a config.
@@ -74,19 +63,19 @@ impl WeightSource for RandomWeights {
         &self.cfg
     }
 
-    fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, WeightError> {
-        let k = key(self.seed, name);
-        let n: usize = shape.iter().product();
-        let is_matrix = name == EMBED || name == LM_HEAD;
+    fn f32_tensor(&self, key: Param) -> Result<Vec<f32>, WeightError> {
+        dense_key(key)?;
+        // Every tensor's stream is keyed by its canonical name.
+        let k = hash_str(self.seed, &key.name());
+        let n: usize = key.shape(&self.cfg).iter().product();
+        let matrix = matches!(key, Param::Embed | Param::Head);
         Ok((0..n)
             .map(|i| {
                 let u = unit(mix(k.wrapping_add(i as u64)));
-                if is_matrix {
+                if matrix {
                     0.02 * u * 1.7
-                } else if name == NORM || name.starts_with("layers.") {
-                    1.0 + 0.1 * u
                 } else {
-                    u
+                    1.0 + 0.1 * u
                 }
             })
             .collect())
@@ -97,7 +86,7 @@ impl WeightSource for RandomWeights {
         Ok(Box::new(RandomTernary {
             rows,
             cols,
-            key: key(self.seed, &format!("layers.{layer}.{}", p.hf_name())),
+            key: hash_str(self.seed, &Param::Proj(layer, p).name()),
             // About the absmean of a Kaiming-uniform init of this fan-in.
             scale: (1.0 / cols as f32).sqrt(),
         }))

@@ -5,6 +5,8 @@
 //! repetition penalty -> top-k -> temperature -> softmax -> top-p -> draw.
 //! A temperature of 0 (or below) is greedy decoding.
 
+use tern_tensor::rng::SplitMix64;
+
 /// Sampling settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplerConfig {
@@ -36,27 +38,18 @@ impl Default for SamplerConfig {
 /// A sampler with its own random stream.
 pub struct Sampler {
     cfg: SamplerConfig,
-    state: u64,
+    /// SplitMix64: stable across platforms and releases.
+    rng: SplitMix64,
 }
 
 impl Sampler {
     pub fn new(cfg: SamplerConfig) -> Self {
-        let state = cfg.seed ^ 0x5DEE_CE66_D1A4_F87B;
-        Sampler { cfg, state }
+        let rng = SplitMix64::new(cfg.seed ^ 0x5DEE_CE66_D1A4_F87B);
+        Sampler { cfg, rng }
     }
 
     pub fn config(&self) -> &SamplerConfig {
         &self.cfg
-    }
-
-    /// Uniform draw in [0, 1) (SplitMix64; stable across platforms and releases).
-    fn next_f64(&mut self) -> f64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Pick the next token from `logits`, given the tokens generated or read so far.
@@ -119,7 +112,7 @@ impl Sampler {
             let s: f64 = p.iter().sum();
             p.iter_mut().for_each(|x| *x /= s);
         }
-        let mut r = self.next_f64();
+        let mut r = self.rng.next_f64();
         for (&i, &x) in idx.iter().zip(&p) {
             if r < x {
                 return i;

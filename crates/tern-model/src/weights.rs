@@ -12,72 +12,7 @@ use tern_tensor::codec::{dequantize_into, unpack_ternary_into};
 use tern_tensor::quant::absmean_ternary;
 use tern_tensor::GgmlType;
 
-/// Canonical (source-independent) names of the non-layer tensors.
-pub const EMBED: &str = "embed_tokens";
-pub const NORM: &str = "norm";
-pub const LM_HEAD: &str = "lm_head";
-
-/// The seven BitLinear projections of a block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Proj {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-}
-
-impl Proj {
-    pub const ALL: [Proj; 7] = [
-        Proj::Q,
-        Proj::K,
-        Proj::V,
-        Proj::O,
-        Proj::Gate,
-        Proj::Up,
-        Proj::Down,
-    ];
-
-    /// `(out_features, in_features)` under `cfg`.
-    pub fn shape(self, cfg: &BitNetConfig) -> (usize, usize) {
-        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
-        match self {
-            Proj::Q => (cfg.q_dim(), h),
-            Proj::K | Proj::V => (cfg.kv_dim(), h),
-            Proj::O => (h, cfg.q_dim()),
-            Proj::Gate | Proj::Up => (f, h),
-            Proj::Down => (h, f),
-        }
-    }
-
-    /// transformers' module path inside a layer (`self_attn.q_proj`).
-    pub fn hf_name(self) -> &'static str {
-        match self {
-            Proj::Q => "self_attn.q_proj",
-            Proj::K => "self_attn.k_proj",
-            Proj::V => "self_attn.v_proj",
-            Proj::O => "self_attn.o_proj",
-            Proj::Gate => "mlp.gate_proj",
-            Proj::Up => "mlp.up_proj",
-            Proj::Down => "mlp.down_proj",
-        }
-    }
-
-    /// llama.cpp's tensor stem inside `blk.N` (`attn_q`).
-    pub fn gguf_name(self) -> &'static str {
-        match self {
-            Proj::Q => "attn_q",
-            Proj::K => "attn_k",
-            Proj::V => "attn_v",
-            Proj::O => "attn_output",
-            Proj::Gate => "ffn_gate",
-            Proj::Up => "ffn_up",
-            Proj::Down => "ffn_down",
-        }
-    }
-}
+pub use crate::keys::{Norm, Param, Proj};
 
 /// A weight that is missing, malformed or inconsistent with the config.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +36,8 @@ pub enum WeightError {
         tensor: String,
         reason: String,
     },
+    #[error("tensor `{0}` is a projection: it is read as ternary codes, not as an f32 tensor")]
+    NotDense(String),
     #[error(transparent)]
     Safetensors(#[from] tern_io::safetensors::SafetensorsError),
     #[error(transparent)]
@@ -112,11 +49,11 @@ pub enum WeightError {
 /// A host-side provider of model weights.
 pub trait WeightSource {
     fn config(&self) -> &BitNetConfig;
-    /// A full-precision tensor by canonical name (`embed_tokens`, `norm`,
-    /// `lm_head`, `layers.N.input_layernorm`, `layers.N.attn_sub_norm`,
-    /// `layers.N.post_attention_layernorm`, `layers.N.ffn_sub_norm`), checked
-    /// against `shape` (outermost first).
-    fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, WeightError>;
+    /// A full-precision tensor (the embedding, a norm or the head), checked
+    /// against its shape under the config ([`Param::shape`]). Projections
+    /// are read through [`WeightSource::ternary`]; asking for one here is
+    /// [`WeightError::NotDense`].
+    fn f32_tensor(&self, key: Param) -> Result<Vec<f32>, WeightError>;
     /// A projection as ternary codes with a per-tensor scale.
     fn ternary(&self, layer: usize, p: Proj) -> Result<Box<dyn TernarySource + '_>, WeightError>;
     /// A projection as full-precision `[out, in]` values. By default the
@@ -134,6 +71,15 @@ pub trait WeightSource {
             }
         }
         Ok(out)
+    }
+}
+
+/// `Ok` for the keys [`WeightSource::f32_tensor`] serves: everything but
+/// the projections.
+pub fn dense_key(key: Param) -> Result<(), WeightError> {
+    match key {
+        Param::Proj(..) => Err(WeightError::NotDense(key.name())),
+        Param::Embed | Param::FinalNorm | Param::Head | Param::Norm(..) => Ok(()),
     }
 }
 
@@ -309,33 +255,6 @@ impl HfWeights {
         })
     }
 
-    fn hf_names(&self, name: &str) -> Vec<String> {
-        match name {
-            EMBED => vec!["model.embed_tokens.weight".into()],
-            NORM => vec!["model.norm.weight".into()],
-            LM_HEAD => vec!["lm_head.weight".into()],
-            _ => {
-                let (layer, what) = name
-                    .strip_prefix("layers.")
-                    .and_then(|s| s.split_once('.'))
-                    .unwrap_or(("?", name));
-                let p = format!("model.layers.{layer}");
-                match what {
-                    // 1bitLLM checkpoints name the sub-norms differently.
-                    "attn_sub_norm" => vec![
-                        format!("{p}.self_attn.attn_sub_norm.weight"),
-                        format!("{p}.self_attn.inner_attn_ln.weight"),
-                    ],
-                    "ffn_sub_norm" => vec![
-                        format!("{p}.mlp.ffn_sub_norm.weight"),
-                        format!("{p}.mlp.ffn_layernorm.weight"),
-                    ],
-                    other => vec![format!("{p}.{other}.weight")],
-                }
-            }
-        }
-    }
-
     fn read(&self, names: &[String], shape: &[usize]) -> Result<Vec<f32>, WeightError> {
         let found = names.iter().find(|n| self.ckpt.get(n).is_some());
         let Some(name) = found else {
@@ -393,12 +312,13 @@ impl WeightSource for HfWeights {
     fn config(&self) -> &BitNetConfig {
         &self.cfg
     }
-    fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, WeightError> {
-        self.read(&self.hf_names(name), shape)
+    fn f32_tensor(&self, key: Param) -> Result<Vec<f32>, WeightError> {
+        dense_key(key)?;
+        self.read(&key.hf_names(), &key.shape(&self.cfg))
     }
     fn ternary(&self, layer: usize, p: Proj) -> Result<Box<dyn TernarySource + '_>, WeightError> {
         let (rows, cols) = p.shape(&self.cfg);
-        let name = format!("model.layers.{layer}.{}.weight", p.hf_name());
+        let name = Param::Proj(layer, p).hf_name();
         if self.ckpt.get(&name).map(|e| e.dtype) == Some(tern_io::safetensors::Dtype::U8) {
             return Ok(Box::new(self.packed(&name, rows, cols)?));
         }
@@ -442,26 +362,6 @@ impl GgufWeights {
 
     pub fn file(&self) -> &GgufFile {
         &self.file
-    }
-
-    fn gguf_name(name: &str) -> String {
-        match name {
-            EMBED => "token_embd.weight".into(),
-            NORM => "output_norm.weight".into(),
-            LM_HEAD => "output.weight".into(),
-            _ => {
-                let (layer, what) = name
-                    .strip_prefix("layers.")
-                    .and_then(|s| s.split_once('.'))
-                    .unwrap_or(("?", name));
-                let stem = match what {
-                    "input_layernorm" => "attn_norm",
-                    "post_attention_layernorm" => "ffn_norm",
-                    other => other,
-                };
-                format!("blk.{layer}.{stem}.weight")
-            }
-        }
     }
 
     fn info(&self, name: &str) -> Result<&tern_io::gguf::TensorInfo, WeightError> {
@@ -517,13 +417,12 @@ fn config_from_gguf(f: &GgufFile) -> Result<BitNetConfig, WeightError> {
         None => "silu".into(),
     };
     let heads = u("attention.head_count")?;
-    let embd = f
-        .tensor("token_embd.weight")
-        .ok_or_else(|| WeightError::Missing {
-            file: f.path().to_path_buf(),
-            tensor: "token_embd.weight".into(),
-            hint: String::new(),
-        })?;
+    let embd_name = Param::Embed.gguf_name();
+    let embd = f.tensor(&embd_name).ok_or_else(|| WeightError::Missing {
+        file: f.path().to_path_buf(),
+        tensor: embd_name.clone(),
+        hint: String::new(),
+    })?;
     let vocab = embd.ne.get(1).copied().unwrap_or(0) as usize;
     let json = serde_json::json!({
         "hidden_size": u("embedding_length")?,
@@ -536,7 +435,7 @@ fn config_from_gguf(f: &GgufFile) -> Result<BitNetConfig, WeightError> {
         "hidden_act": act,
         "rope_theta": fl("rope.freq_base", 10_000.0),
         "rms_norm_eps": fl("attention.layer_norm_rms_epsilon", 1e-5),
-        "tie_word_embeddings": f.tensor("output.weight").is_none(),
+        "tie_word_embeddings": f.tensor(&Param::Head.gguf_name()).is_none(),
         "max_position_embeddings": u("context_length")?,
         "bos_token_id": f.get("tokenizer.ggml.bos_token_id").and_then(|v| v.to_u64()),
         "eos_token_id": f.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u64()),
@@ -580,17 +479,19 @@ impl WeightSource for GgufWeights {
         &self.cfg
     }
 
-    fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, WeightError> {
-        self.dense(&Self::gguf_name(name), shape)
+    fn f32_tensor(&self, key: Param) -> Result<Vec<f32>, WeightError> {
+        dense_key(key)?;
+        self.dense(&key.gguf_name(), &key.shape(&self.cfg))
     }
 
     fn ternary(&self, layer: usize, p: Proj) -> Result<Box<dyn TernarySource + '_>, WeightError> {
         let (rows, cols) = p.shape(&self.cfg);
-        let name = format!("blk.{layer}.{}.weight", p.gguf_name());
+        let key = Param::Proj(layer, p);
+        let name = key.gguf_name();
         let info = self.info(&name)?;
-        let scale_tensor = self
-            .file
-            .tensor(&format!("blk.{layer}.{}.scale", p.gguf_name()));
+        let scale_tensor = key
+            .gguf_scale_name()
+            .and_then(|scale| self.file.tensor(&scale));
         let extra = match scale_tensor {
             Some(s) => {
                 let mut v = [0f32];

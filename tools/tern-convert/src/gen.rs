@@ -11,7 +11,7 @@
 use crate::ConvertError;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use tern_model::{BitNetConfig, HiddenAct, Proj};
+use tern_model::{BitNetConfig, HiddenAct, Norm, Param, Proj};
 use tern_tensor::codec::quantize_into;
 use tern_tensor::GgmlType;
 
@@ -98,60 +98,30 @@ fn seed_of(seed: u64, name: &str) -> u64 {
 
 /// The tensors of `cfg` in transformers' names, grouped into shards.
 fn shards(cfg: &BitNetConfig) -> Vec<Vec<GenTensor>> {
-    let (h, v) = (cfg.hidden_size, cfg.vocab_size);
-    let norm = Dist {
-        center: 1.0,
-        half_width: 0.2,
-    };
-    let mut out = Vec::new();
-    let mut first = vec![GenTensor {
-        name: "model.embed_tokens.weight".into(),
-        shape: vec![v, h],
-        dist: Dist {
-            center: 0.0,
-            half_width: 0.5,
-        },
-    }];
-    first.push(GenTensor {
-        name: "model.norm.weight".into(),
-        shape: vec![h],
-        dist: norm,
-    });
-    if !cfg.tie_word_embeddings {
-        first.push(GenTensor {
-            name: "lm_head.weight".into(),
-            shape: vec![v, h],
-            dist: Dist {
-                center: 0.0,
-                half_width: 2.0 / (h as f32).sqrt(),
-            },
-        });
-    }
-    out.push(first);
-    for l in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{l}");
-        let mut s = Vec::new();
-        let n = |name: &str, len: usize| GenTensor {
-            name: format!("{p}.{name}.weight"),
-            shape: vec![len],
-            dist: norm,
+    let h = cfg.hidden_size;
+    let tensor = |key: Param| {
+        let shape = key.shape(cfg);
+        let (center, half_width) = match key {
+            Param::Embed => (0.0, 0.5),
+            Param::FinalNorm | Param::Norm(..) => (1.0, 0.2),
+            Param::Head => (0.0, 2.0 / (h as f32).sqrt()),
+            Param::Proj(..) => (0.0, (3.0 / shape[1] as f32).sqrt()),
         };
-        s.push(n("input_layernorm", h));
-        s.push(n("post_attention_layernorm", h));
-        s.push(n("self_attn.attn_sub_norm", cfg.q_dim()));
-        s.push(n("mlp.ffn_sub_norm", cfg.intermediate_size));
-        for pr in Proj::ALL {
-            let (rows, cols) = pr.shape(cfg);
-            s.push(GenTensor {
-                name: format!("{p}.{}.weight", pr.hf_name()),
-                shape: vec![rows, cols],
-                dist: Dist {
-                    center: 0.0,
-                    half_width: (3.0 / cols as f32).sqrt(),
-                },
-            });
+        GenTensor {
+            name: key.hf_name(),
+            shape,
+            dist: Dist { center, half_width },
         }
-        out.push(s);
+    };
+    let head = (!cfg.tie_word_embeddings).then_some(Param::Head);
+    let first = [Param::Embed, Param::FinalNorm].into_iter().chain(head);
+    let mut out = vec![first.map(tensor).collect::<Vec<_>>()];
+    // transformers' state-dict order within a layer
+    let norms = [Norm::Attn, Norm::Ffn, Norm::AttnSub, Norm::FfnSub];
+    for l in 0..cfg.num_hidden_layers {
+        let keys = norms.map(|n| Param::Norm(l, n)).into_iter();
+        let keys = keys.chain(Proj::ALL.map(|p| Param::Proj(l, p)));
+        out.push(keys.map(tensor).collect());
     }
     out
 }
@@ -299,7 +269,7 @@ mod tests {
         use tern_model::WeightSource;
         let t = w.ternary(1, Proj::Down).unwrap();
         assert_eq!((t.rows(), t.cols()), (64, 96));
-        let e = w.f32_tensor("embed_tokens", &[50, 64]).unwrap();
+        let e = w.f32_tensor(Param::Embed).unwrap();
         assert!(e.iter().all(|x| x.abs() <= 0.5) && e.iter().any(|x| *x != 0.0));
     }
 }

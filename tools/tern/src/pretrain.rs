@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use tern_backend::Backend;
 use tern_io::gguf::Value;
 use tern_lora::data::{DataOptions, Dataset, ValidationSplit};
-use tern_lora::pretrain::{
-    pretrain, LatentWeights, PretrainOptions, PretrainSchedule, Pretrainer, TwoStage,
-};
+use tern_lora::finetune::Warmup;
+use tern_lora::fit::{fit, total_steps, Batching, FitOptions};
+use tern_lora::pretrain::{LatentWeights, PretrainSchedule, Pretrainer, TwoStage};
 use tern_lora::schedule::{Schedule, ScheduleKind};
 use tern_model::export::{export, ExportOptions};
 use tern_model::model::ActQuant;
@@ -17,6 +17,7 @@ use tern_model::BitNetConfig;
 use tern_tensor::GgmlType;
 
 use crate::backend::{BackendArgs, Job};
+use crate::finetune::LoopArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct PretrainArgs {
@@ -32,54 +33,38 @@ pub struct PretrainArgs {
     /// Where to write the trained model (ternary GGUF).
     #[arg(long, default_value = "model.gguf")]
     pub out: PathBuf,
-    /// Optimizer steps (overrides --epochs).
-    #[arg(long)]
-    pub steps: Option<u64>,
-    /// Passes over the training data when --steps is not given.
-    #[arg(long, default_value_t = 1)]
-    pub epochs: u64,
-    /// Sequences per optimizer step.
+    /// Sequences per micro-batch.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
-    /// Sequence length in tokens.
-    #[arg(long, default_value_t = 256)]
+    /// Sequence length in tokens (at most the config's max_position_embeddings).
+    #[arg(long, default_value_t = 256, visible_alias = "max-seq-length")]
     pub ctx: usize,
     /// Peak learning rate (ternary models train well with rates around 1e-3 to 1e-2).
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 3e-3, visible_alias = "lr")]
     pub learning_rate: f32,
-    /// constant, linear, cosine, or two-stage (BitNet b1.58: drop at mid-training,
-    /// no weight decay in the second stage).
-    #[arg(long, default_value = "cosine")]
-    pub lr_scheduler: String,
     /// Learning-rate multiplier after the mid-training drop (two-stage only).
     #[arg(long, default_value_t = 0.3)]
     pub two_stage_drop: f32,
-    #[arg(long, default_value_t = 0)]
-    pub warmup_steps: u64,
-    /// AdamW weight decay on the projections and an untied head.
+    /// AdamW weight decay on the projections and an untied head (two-stage:
+    /// first stage only).
     #[arg(long, default_value_t = 0.1)]
     pub weight_decay: f32,
+    /// AdamW beta1.
     #[arg(long, default_value_t = 0.9)]
     pub adam_beta1: f32,
+    /// AdamW beta2.
     #[arg(long, default_value_t = 0.95)]
     pub adam_beta2: f32,
-    /// Clip the global gradient norm (0: off).
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f32,
     /// Standard deviation of the normal initialization.
     #[arg(long, default_value_t = 0.02)]
     pub init_std: f32,
-    /// Seed of the initialization and of the data shuffle.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[command(flatten)]
-    pub backend: BackendArgs,
     /// Projection type in the GGUF: tq2_0 or tq1_0.
     #[arg(long, default_value = "tq2_0")]
     pub r#type: String,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub train: LoopArgs,
+    #[command(flatten)]
+    pub backend: BackendArgs,
 }
 
 fn load_config(spec: &str) -> Result<BitNetConfig> {
@@ -92,19 +77,24 @@ fn load_config(spec: &str) -> Result<BitNetConfig> {
 }
 
 fn schedule(a: &PretrainArgs, total: u64) -> Result<PretrainSchedule> {
-    if a.lr_scheduler == "two-stage" {
+    let warmup = match a.train.warmup() {
+        Warmup::Steps(n) => n,
+        Warmup::Ratio(r) => (r * total as f64).ceil() as u64,
+    };
+    if a.train.lr_scheduler == "two-stage" {
         if !(a.two_stage_drop > 0.0 && a.two_stage_drop <= 1.0) {
             bail!("--two-stage-drop {} must be in (0, 1]", a.two_stage_drop);
         }
         return Ok(PretrainSchedule::TwoStage(TwoStage::new(
             a.learning_rate,
-            a.warmup_steps,
+            warmup,
             total,
             a.two_stage_drop,
             a.weight_decay,
         )));
     }
     let kind: ScheduleKind = a
+        .train
         .lr_scheduler
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--lr-scheduler: {e} (or two-stage)"))?;
@@ -112,7 +102,7 @@ fn schedule(a: &PretrainArgs, total: u64) -> Result<PretrainSchedule> {
         schedule: Schedule {
             kind,
             base_lr: a.learning_rate,
-            warmup: a.warmup_steps,
+            warmup,
             total,
         },
         weight_decay: a.weight_decay,
@@ -151,16 +141,6 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
             cfg.vocab_size
         );
     }
-    if a.ctx == 0 || a.ctx > cfg.max_position_embeddings {
-        bail!(
-            "--ctx {} must be in 1..={} (the config's max_position_embeddings)",
-            a.ctx,
-            cfg.max_position_embeddings
-        );
-    }
-    if a.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
     let proj_type = match a.r#type.to_ascii_lowercase().as_str() {
         "tq2_0" => GgmlType::TQ2_0,
         "tq1_0" => GgmlType::TQ1_0,
@@ -185,17 +165,22 @@ pub fn run(a: &PretrainArgs) -> Result<()> {
         &DataOptions {
             ctx: a.ctx,
             validation: ValidationSplit::None,
-            seed: a.seed,
+            seed: a.train.seed,
             ..DataOptions::default()
         },
     )?;
     eprintln!("data: {}", data.stats());
-    let total = match a.steps {
-        Some(s) => s,
-        None => (data.train_len() as u64 * a.epochs).div_ceil(a.batch_size as u64),
-    };
+    let t = &a.train;
+    let per_step = a.batch_size * t.grad_accum;
+    let total = total_steps(
+        data.train_len(),
+        per_step,
+        t.num_epochs,
+        t.max_steps,
+        Batching::Stream,
+    );
     if total == 0 {
-        bail!("nothing to train: --steps 0 or an empty --data");
+        bail!("nothing to train: --max-steps 0 or an empty --data");
     }
     a.backend.run(PretrainJob {
         a,
@@ -235,31 +220,56 @@ fn train_on<B: Backend>(j: &PretrainJob<'_>, backend: B) -> Result<()> {
         cfg.vocab_size,
         backend.name()
     );
-    let init = LatentWeights::init(cfg, a.seed, a.init_std);
+    let t = &a.train;
+    let init = LatentWeights::init(cfg, t.seed, a.init_std);
     let mut trainer = Pretrainer::new(backend, &init, ActQuant::PerTokenInt8)?;
     drop(init);
-    let report = pretrain(
-        &mut trainer,
-        data,
-        &PretrainOptions {
-            batch_size: a.batch_size,
-            steps: total,
-            schedule: schedule(a, total)?,
-            beta1: a.adam_beta1,
-            beta2: a.adam_beta2,
-            eps: 1e-8,
-            max_grad_norm: a.max_grad_norm,
-            progress: !a.quiet,
-        },
-    )?;
+    let schedule = schedule(a, total)?;
+    let opts = FitOptions {
+        fingerprint: format!(
+            "config={} lr={} sched={schedule:?} batch={} accum={} clip={:?} betas={},{} \
+             seed={} std={} ctx={}",
+            a.config,
+            a.learning_rate,
+            a.batch_size,
+            t.grad_accum,
+            t.clip(),
+            a.adam_beta1,
+            a.adam_beta2,
+            t.seed,
+            a.init_std,
+            a.ctx
+        ),
+        schedule,
+        total_steps: total,
+        batch_size: a.batch_size,
+        grad_accum: t.grad_accum,
+        batching: Batching::Stream,
+        max_grad_norm: t.clip(),
+        beta1: a.adam_beta1,
+        beta2: a.adam_beta2,
+        eps: 1e-8,
+        checkpoint_every: t.checkpoint_save_steps,
+        checkpoint_dir: t.checkpoint_save_dir.clone(),
+        metrics: t.metrics.clone(),
+        loss_curve: t.loss_curve.clone(),
+        title: "tern pretraining loss".into(),
+        seed: t.seed,
+        progress: !t.quiet,
+    };
+    let resume = t.resume()?;
+    if let Some(r) = &resume {
+        eprintln!("resuming from {}", r.display());
+    }
+    let report = fit(&mut trainer, data, &opts, resume.as_deref())?;
     eprintln!(
         "trained {} steps: loss {:.4} -> {:.4}, {} tokens in {:.1}s ({:.0} tok/s)",
         report.steps,
         report.first_loss,
-        report.final_loss,
-        report.tokens,
+        report.recent_loss,
+        report.train_tokens,
         report.seconds,
-        report.tokens as f64 / report.seconds.max(1e-9)
+        report.train_tokens as f64 / report.seconds.max(1e-9)
     );
     let weights = trainer.weights()?;
     let mut opts = ExportOptions::new(proj_type, GgmlType::F32);
