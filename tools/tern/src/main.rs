@@ -144,10 +144,6 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
-    /// Subcommands whose flags another part of the code base documents
-    /// (`finetune.rs`, `pretrain.rs`); checked once their help is complete.
-    const ELSEWHERE: &[&str] = &["finetune", "pretrain"];
-
     /// Every argument of `cmd` and its subcommands without help text, as
     /// `path --flag`.
     fn missing_help(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
@@ -158,9 +154,6 @@ mod tests {
             }
         }
         for sub in cmd.get_subcommands() {
-            if ELSEWHERE.contains(&sub.get_name()) {
-                continue;
-            }
             let p = format!("{path} {}", sub.get_name());
             if sub.get_about().is_none() {
                 out.push(format!("{p} (the command)"));
