@@ -1,4 +1,15 @@
 //! Shared helpers for tern's end-to-end tests.
+//!
+//! What tests find outside the repository, and where they look:
+//!
+//! | what | looked up as | made by |
+//! |---|---|---|
+//! | oracle venv (gguf-py, numpy, safetensors) | `$TERN_PYTHON`, `target/pyenv/bin/python` | `cargo xtask pyenv`, `.ci/run` |
+//! | torch venv (torch, transformers, peft, tokenizers) | `$TERN_TORCH_PYTHON`, `target/torchenv/bin/python` | `.ci/run` (tests/requirements-torch.txt) |
+//! | shared data sets (BiomedQA) | `$TERN_DATA_DIR/<set>/…`, `../shared/data/<set>/…` beside the repository | not in the repository |
+//!
+//! A test that lacks one calls [`missing`]: it prints `SKIPPED: …` and
+//! passes on a developer's machine, and fails under `CI=true`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
