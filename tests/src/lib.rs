@@ -1,4 +1,15 @@
 //! Shared helpers for tern's end-to-end tests.
+//!
+//! What tests find outside the repository, and where they look:
+//!
+//! | what | looked up as | made by |
+//! |---|---|---|
+//! | oracle venv (gguf-py, numpy, safetensors) | `$TERN_PYTHON`, `target/pyenv/bin/python` | `cargo xtask pyenv`, `.ci/run` |
+//! | torch venv (torch, transformers, peft, tokenizers) | `$TERN_TORCH_PYTHON`, `target/torchenv/bin/python` | `.ci/run` (tests/requirements-torch.txt) |
+//! | shared data sets (BiomedQA) | `$TERN_DATA_DIR/<set>/…`, `../shared/data/<set>/…` beside the repository | not in the repository |
+//!
+//! A test that lacks one calls [`missing`]: it prints `SKIPPED: …` and
+//! passes on a developer's machine, and fails under `CI=true`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
@@ -59,34 +70,102 @@ unsafe impl GlobalAlloc for LargestAlloc {
     }
 }
 
+/// True under `CI=true`, where every test must run: a missing oracle, venv
+/// or data set is then a failure, never a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// Say that a test cannot run here because of `reason` (what is missing and
+/// how to provide it): under `CI=true` this panics, elsewhere it prints
+/// `SKIPPED: reason` and the caller returns. Every test that can skip goes
+/// through here, so CI can never pass without running it.
+#[track_caller]
+pub fn missing(reason: impl std::fmt::Display) {
+    if in_ci() {
+        panic!("{reason}; required under CI=true (.ci/run provides it)");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
+/// `python` if it exists and `check` (a Python snippet) succeeds in it.
+fn python_with(python: PathBuf, check: &str) -> Option<PathBuf> {
+    let ok = python.exists()
+        && Command::new(&python)
+            .args(["-c", check])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+    ok.then_some(python)
+}
+
 /// The Python interpreter of the oracle venv (gguf-py, numpy, safetensors).
 ///
 /// Looked up as `$TERN_PYTHON`, then `target/pyenv/bin/python` (created by
-/// `.ci/run` or `cargo xtask pyenv`). Returns `None` when neither exists;
-/// under `CI=true` that is a failure, since CI must run every oracle.
+/// `.ci/run` or `cargo xtask pyenv`). `None` (through [`missing`]: a
+/// failure under `CI=true`) when it lacks gguf or numpy.
 pub fn oracle_python() -> Option<PathBuf> {
     let candidate = std::env::var_os("TERN_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target/pyenv/bin/python"));
-    let ok = candidate.exists()
-        && Command::new(&candidate)
-            .args(["-c", "import gguf, numpy"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-    if ok {
-        return Some(candidate);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "oracle python {} with gguf and numpy is required under CI=true (run .ci/run)",
+    let found = python_with(candidate.clone(), "import gguf, numpy");
+    if found.is_none() {
+        missing(format_args!(
+            "oracle python {} with gguf and numpy not found; run `cargo xtask pyenv`",
             candidate.display()
-        );
+        ));
     }
-    eprintln!(
-        "SKIPPED: oracle python {} with gguf+numpy not found; run `cargo xtask pyenv`",
-        candidate.display()
+    found
+}
+
+/// The versions of `tests/requirements-torch.txt` that the torch venv must
+/// have: the committed fixtures were made with them.
+const TORCH_VENV_CHECK: &str = "import torch, transformers, peft, tokenizers, sys; \
+    sys.exit(not (torch.__version__.split('+')[0] == '2.15.0' \
+    and transformers.__version__ == '5.23.0' and peft.__version__ == '0.21.2' \
+    and tokenizers.__version__ == '0.23.3'))";
+
+/// The Python interpreter of the torch venv (torch, transformers, peft and
+/// tokenizers at the versions of `tests/requirements-torch.txt`).
+///
+/// Looked up as `$TERN_TORCH_PYTHON`, then `target/torchenv/bin/python`
+/// (created by `.ci/run`). `None` (through [`missing`]: a failure under
+/// `CI=true`) when it is absent or has other versions.
+pub fn torch_python() -> Option<PathBuf> {
+    let candidate = std::env::var_os("TERN_TORCH_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/torchenv/bin/python"));
+    let found = python_with(candidate.clone(), TORCH_VENV_CHECK);
+    if found.is_none() {
+        missing(format_args!(
+            "torch venv {} with torch 2.15.0, transformers 5.23.0, peft 0.21.2 and \
+             tokenizers 0.23.3 not found; create it with `python3 -m venv target/torchenv && \
+             target/torchenv/bin/pip install -r tests/requirements-torch.txt` (as .ci/run does)",
+            candidate.display()
+        ));
+    }
+    found
+}
+
+/// A file of a shared data set (e.g. `biomedqa/train.jsonl`), which is not
+/// part of the repository: looked up under `$TERN_DATA_DIR`, then under
+/// `../shared/data` beside the repository (where this workplace and CI keep
+/// it). `None` (through [`missing`]: a failure under `CI=true`) when neither
+/// has it.
+pub fn shared_data(rel: &str) -> Option<PathBuf> {
+    let env = std::env::var_os("TERN_DATA_DIR").map(|d| PathBuf::from(d).join(rel));
+    let beside = workspace_root().join("../shared/data").join(rel);
+    if let Some(p) = env.iter().chain([&beside]).find(|p| p.is_file()) {
+        return Some(p.clone());
+    }
+    let env = env.map_or(
+        format!("$TERN_DATA_DIR/{rel} (TERN_DATA_DIR is not set)"),
+        |p| p.display().to_string(),
     );
+    missing(format_args!(
+        "data file {rel} not found at {env} nor at {}",
+        beside.display()
+    ));
     None
 }
 

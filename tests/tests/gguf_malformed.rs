@@ -25,6 +25,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use tern_io::gguf::{GgufError, GgufErrorKind, GgufFile, Value};
+use tern_tensor::rng::SplitMix64;
 use tern_tests::{fixture, LargestAlloc};
 
 #[global_allocator]
@@ -295,29 +296,9 @@ fn corpus_base_file_is_valid() {
     assert_eq!(f.tensor_data(&f.tensors()[0]).len(), 32);
 }
 
-/// SplitMix64: small, seeded, good enough to spread mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
-
 /// One random mutation of `b`; mostly in the header/metadata/tensor-info part
 /// (`meta_len` bytes), where the parser makes its decisions.
-fn mutate(rng: &mut Rng, base: &[u8], meta_len: usize) -> Vec<u8> {
+fn mutate(rng: &mut SplitMix64, base: &[u8], meta_len: usize) -> Vec<u8> {
     let mut b = base.to_vec();
     let rounds = 1 + rng.below(3);
     for _ in 0..rounds {
@@ -339,13 +320,13 @@ fn mutate(rng: &mut Rng, base: &[u8], meta_len: usize) -> Vec<u8> {
             }
             1 => {
                 if let Some(x) = b.get_mut(pos) {
-                    *x = rng.next() as u8;
+                    *x = rng.next_u64() as u8;
                 }
             }
             2 => b.truncate(rng.below(b.len() + 1)),
             3 => {
                 let n = 1 + rng.below(16);
-                let ins: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                let ins: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
                 let at = pos.min(b.len());
                 b.splice(at..at, ins);
             }
@@ -395,7 +376,7 @@ fn mutants_of_a_valid_file_error_or_parse_but_never_panic() {
         .unwrap()
         .data_offset() as usize;
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = Rng(0x7e27_6775_6621);
+    let mut rng = SplitMix64::new(0x7e27_6775_6621);
     let (mut ok, mut err) = (0usize, 0usize);
     let mut kinds = BTreeSet::new();
     let mut worst = (0usize, 0usize);

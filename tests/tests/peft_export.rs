@@ -4,41 +4,23 @@
 //! on transformers' BitNet with real W1.58A8 quantization, against tern's
 //! `attach` + `Model::forward` on the same base.
 //!
-//! The oracle is the torch venv `target/torchenv` (tests/requirements-torch.txt
-//! plus peft 0.21.2). It is several GB, too big for CI, so this test is
-//! optional everywhere: when `target/torchenv/bin/python` is missing it prints
-//! "SKIPPED: ..." and returns, also under `CI=true` (unlike the gguf/numpy
-//! oracles of `tern_tests::oracle_python`, which CI must have).
+//! The oracle is the torch venv `target/torchenv` (tests/requirements-torch.txt,
+//! created by `.ci/run`), found by `tern_tests::torch_python`: without it the
+//! test prints "SKIPPED: ..." and returns, and fails under `CI=true`.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::path::PathBuf;
 use std::process::Command;
 use tern_backend::Cpu;
 use tern_io::npy;
 use tern_lora::{attach, Adapter, LoraConfig};
 use tern_model::{HfWeights, Model, Proj, WeightSource};
-use tern_tests::{fixture, workspace_root};
+use tern_tests::{fixture, torch_python, workspace_root};
 
 /// Bound on max |logit diff|: the base forward of both runtimes agrees to
 /// about this (tests/model_parity.rs), and the LoRA branch adds two small f32
 /// matmuls.
 const BOUND: f64 = 1e-3;
-
-fn torch_python() -> Option<PathBuf> {
-    let python = workspace_root().join("target/torchenv/bin/python");
-    if python.exists() {
-        Some(python)
-    } else {
-        // Deliberately not a failure under CI=true: CI has no torch venv.
-        eprintln!(
-            "SKIPPED: {} not found (torch + transformers + peft, tests/requirements-torch.txt \
-             and peft 0.21.2); the PEFT export check needs it",
-            python.display()
-        );
-        None
-    }
-}
 
 fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());

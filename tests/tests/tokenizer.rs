@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value as J;
 use tern_io::gguf::{GgufFile, GgufWriter, Value};
 use tern_model::tokenizer::{Tokenizer, TokenizerError};
-use tern_tests::{fixture, run_python, workspace_root};
+use tern_tests::{fixture, run_python};
 
 const NAMES: [&str; 2] = ["bytelevel_bpe", "spm_unigram"];
 
@@ -548,32 +548,9 @@ fn gguf_without_usable_tokenizer_is_an_error_naming_the_file() {
     );
 }
 
-/// The torch oracle venv's interpreter, if it has the pinned `tokenizers`.
-fn tokenizers_python() -> Option<PathBuf> {
-    let p = std::env::var_os("TERN_TORCH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/torchenv/bin/python"));
-    let ok = p.exists()
-        && std::process::Command::new(&p)
-            .args([
-                "-c",
-                "import tokenizers, sys; sys.exit(tokenizers.__version__ != '0.23.3')",
-            ])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-    if !ok {
-        eprintln!(
-            "SKIPPED: {} with tokenizers 0.23.3 not found; fixtures not regenerated",
-            p.display()
-        );
-    }
-    ok.then_some(p)
-}
-
 #[test]
 fn regenerating_fixtures_reproduces_committed_files() {
-    let Some(py) = tokenizers_python() else {
+    let Some(py) = tern_tests::torch_python() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

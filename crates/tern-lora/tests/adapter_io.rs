@@ -127,7 +127,7 @@ fn bad_adapters_name_file_and_field() {
 
 #[test]
 fn gguf_adapter_reads_in_gguf_py() {
-    let Some(python) = oracle_python() else {
+    let Some(python) = tern_tests::oracle_python() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -153,27 +153,6 @@ fn gguf_adapter_reads_in_gguf_py() {
     let sum: f64 = a.iter().map(|&x| x as f64).sum();
     assert!((k[1].as_f64().unwrap() - sum).abs() < 1e-4);
     assert_eq!(v.as_object().unwrap().len(), 8);
-}
-
-/// The gguf-py venv (see tests/src/lib.rs in the tern-tests crate).
-fn oracle_python() -> Option<std::path::PathBuf> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let p = std::env::var_os("TERN_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target/pyenv/bin/python"));
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "oracle python {} is required under CI=true",
-        p.display()
-    );
-    eprintln!(
-        "SKIPPED: oracle python {} not found; run `cargo xtask pyenv`",
-        p.display()
-    );
-    None
 }
 
 #[test]

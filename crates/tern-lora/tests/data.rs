@@ -1,5 +1,6 @@
-//! The fine-tuning data pipeline on small files written here and, when it is
-//! on this machine, the shared biomedqa set.
+//! The fine-tuning data pipeline on small files written here and on the
+//! shared BiomedQA set (`tern_tests::shared_data`: `$TERN_DATA_DIR`, then
+//! `../shared/data` beside the repository).
 
 use std::path::{Path, PathBuf};
 
@@ -577,48 +578,85 @@ fn bad_data_names_file_and_line() {
     assert!(msg.contains("no training examples"), "{msg}");
 }
 
-#[test]
-fn biomedqa_counts_are_plausible() {
-    let path = Path::new("/work/shared/data/biomedqa/train.jsonl");
-    if !path.is_file() {
-        println!("skipped: {} is not on this machine", path.display());
-        return;
-    }
-    let tok = tokenizer();
-    let lines = std::fs::read_to_string(path)
-        .unwrap()
+/// Load a JSONL file of `{"text": ...}` records (other fields ignored) and
+/// check the pipeline against counts made here: every record one document,
+/// `BOS ids EOS` each, windows of `ctx`, and a 10% validation split that
+/// loses no token. Returns the stats.
+fn check_text_records(path: &Path, tok: &Tokenizer, ctx: usize) -> tern_lora::data::DataStats {
+    let text = std::fs::read_to_string(path).unwrap();
+    let docs: Vec<String> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .count();
-    let ds = Dataset::load(path, &tok, &opts(256)).unwrap();
-    let s = ds.stats();
-    println!("biomedqa train.jsonl, fixture tokenizer, ctx 256: {s}");
-    assert_eq!(ds.format(), DataFormat::Text);
-    assert_eq!(s.records, lines);
-    assert_eq!(s.empty_records, 0);
-    assert_eq!(ds.train_tokens(), s.tokens - 1);
-    // Every record is a question, an answer and a rationale: tens to a few
-    // thousand tokens each.
-    assert!(s.tokens > 20 * lines && s.tokens < 5000 * lines, "{s}");
-    assert_eq!(ds.train_len(), (s.tokens - 1).div_ceil(256));
-
-    let raw: usize = std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| tok.encode(l, false).unwrap().len())
+        .map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            r["text"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let framing = usize::from(tok.bos_id().is_some()) + usize::from(tok.eos_id().is_some());
+    let tokens: usize = docs
+        .iter()
+        .map(|d| tok.encode(d, false).unwrap().len() + framing)
         .sum();
-    println!("biomedqa train.jsonl as raw JSONL lines: {raw} tokens (fixture tokenizer)");
+
+    let ds = Dataset::load(path, tok, &opts(ctx)).unwrap();
+    let s = ds.stats().clone();
+    assert_eq!(ds.format(), DataFormat::Text);
+    assert_eq!(s.records, docs.len());
+    assert_eq!(s.empty_records, 0);
+    assert_eq!(s.tokens, tokens);
+    assert_eq!(ds.train_tokens(), tokens - 1);
+    assert_eq!(ds.train_len(), (tokens - 1).div_ceil(ctx));
 
     let split = DataOptions {
-        ctx: 256,
+        ctx,
         validation: ValidationSplit::Fraction(0.1),
         seed: 3,
         ..DataOptions::default()
     };
-    let ds = Dataset::load(path, &tok, &split).unwrap();
-    println!("with a 10% validation split: {}", ds.stats());
-    assert_eq!(ds.train_tokens() + ds.validation_tokens(), s.tokens - 1);
+    let ds = Dataset::load(path, tok, &split).unwrap();
+    assert!(ds.validation_tokens() > 0, "{}", ds.stats());
+    assert_eq!(ds.train_tokens() + ds.validation_tokens(), tokens - 1);
+    s
+}
+
+/// Records shaped like BiomedQA's (`text` = question, answer and rationale;
+/// `label`, `question`, `rationale_src`, `source` besides), written here, so
+/// the path the real set takes is checked on every machine.
+#[test]
+fn biomedqa_shaped_records_load_as_text() {
+    let answers = ["Yes", "No", "Uncertain"];
+    let records: Vec<_> = (0..12)
+        .map(|i| {
+            let q = format!("Does ternary model number {i} keep its accuracy after packing?");
+            let why = format!("The packed codes of model {i} decode to the same three values.");
+            let label = answers[i % 3];
+            json!({
+                "text": format!("Q: {q}\nA: {label}. Rationale: {why}"),
+                "label": label, "question": q, "rationale_src": why, "source": "synthetic",
+            })
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "train.jsonl", &jsonl(&records));
+    let s = check_text_records(&path, &tokenizer(), 32);
+    assert_eq!(s.records, 12);
+}
+
+/// The real BiomedQA training split (from `$TERN_DATA_DIR` or
+/// `../shared/data`, read in place; a failure under `CI=true` when absent).
+#[test]
+fn biomedqa_train_split_loads_as_text() {
+    let Some(path) = tern_tests::shared_data("biomedqa/train.jsonl") else {
+        return;
+    };
+    let s = check_text_records(&path, &tokenizer(), 256);
+    println!("biomedqa train.jsonl, fixture tokenizer, ctx 256: {s}");
+    // Every record is a question, an answer and a rationale: tens to a few
+    // thousand tokens each.
+    assert!(
+        s.tokens > 20 * s.records && s.tokens < 5000 * s.records,
+        "{s}"
+    );
 }
 
 #[test]

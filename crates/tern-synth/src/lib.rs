@@ -2,6 +2,24 @@
 //! tiny BitNet model from scratch and fine-tuning it on a task it has never
 //! seen.
 //!
+//! Draw seeded examples of a task and tokenize them with the corpus's
+//! code-built tokenizer:
+//!
+//! ```
+//! use tern_synth::{examples, tokenizer, Split, TaskKind, MAX_SEQUENCE_TOKENS};
+//!
+//! let train = examples(TaskKind::Max, Split::Train, 3, 0)?;
+//! assert_eq!(train, examples(TaskKind::Max, Split::Train, 3, 0)?); // same seed, same examples
+//! let tok = tokenizer()?;
+//! for ex in &train {
+//!     // A held-out prompt never appears in training: the split is a hash of the prompt.
+//!     assert_eq!(Split::of(&ex.prompt), Split::Train);
+//!     let ids = tok.encode(&format!("{} {}", ex.prompt, ex.answer), true)?;
+//!     assert!(ids.len() <= MAX_SEQUENCE_TOKENS);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! - [`lexicon`]: a small made-up language (Ternish: nouns, verbs and
 //!   adjectives with number agreement) and a second word set (Zemic) to
 //!   translate into.

@@ -1,40 +1,29 @@
-//! A small seeded generator, spelled out here so that a seed means the same
-//! corpus on every platform and with every version of every dependency.
+//! The seeded streams of the corpus: tern's one generator
+//! ([`tern_tensor::rng`]), so that a seed means the same corpus on every
+//! platform and with every version of every dependency.
 //!
 //! Streams are keyed by `(seed, name, index)`: the `index`-th example of a
 //! task's training split has its own generator, independent of how many
 //! examples came before it or of the other tasks.
 
-/// SplitMix64 finalizer: a stateless, well-mixed hash of a 64-bit value.
-pub(crate) fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub(crate) use tern_tensor::rng::hash_str;
+use tern_tensor::rng::{mix, SplitMix64, GOLDEN};
 
-/// A 64-bit hash of a string (byte by byte through [`mix`]).
-pub(crate) fn hash_str(seed: u64, s: &str) -> u64 {
-    s.bytes().fold(mix(seed), |h, b| mix(h ^ u64::from(b)))
-}
-
-/// SplitMix64 stream.
+/// A SplitMix64 stream whose outputs are `mix(state)` after each increment,
+/// i.e. [`SplitMix64`] one increment ahead: every corpus (and the committed
+/// demo model pretrained on one) was made with this exact sequence.
 #[derive(Clone, Debug)]
-pub(crate) struct Rng {
-    state: u64,
-}
+pub(crate) struct Rng(SplitMix64);
 
 impl Rng {
     /// The generator of stream `name`, element `index`, under `seed`.
     pub(crate) fn new(seed: u64, name: &str, index: u64) -> Self {
-        Rng {
-            state: mix(hash_str(seed, name) ^ mix(index.wrapping_add(0x5EED))),
-        }
+        let state = mix(hash_str(seed, name) ^ mix(index.wrapping_add(0x5EED)));
+        Rng(SplitMix64::new(state.wrapping_add(GOLDEN)))
     }
 
     pub(crate) fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix(self.state)
+        self.0.next_u64()
     }
 
     /// Uniform in `0..n` (`n > 0`), without modulo bias (Lemire's method).
@@ -100,6 +89,24 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);
+    }
+
+    /// The first outputs of stream `(7, "add/train", 3)` as the hand-written
+    /// generator of earlier releases gave them (state += GOLDEN, then
+    /// `mix(state)`, which adds GOLDEN once more): same seed, same corpus.
+    #[test]
+    fn stream_is_the_earlier_releases_stream() {
+        let mut r = Rng::new(7, "add/train", 3);
+        let got: Vec<u64> = (0..4).map(|_| r.next_u64()).collect();
+        assert_eq!(
+            got,
+            [
+                0x9a11_71c6_6b5a_68ec,
+                0x3b83_2353_8490_fdf8,
+                0x35ce_e076_d702_a346,
+                0xcbbe_059f_9ae2_2893
+            ]
+        );
     }
 
     #[test]

@@ -1,5 +1,33 @@
 //! tern-convert: Hugging Face BitNet b1.58 checkpoints to packed ternary GGUF.
 //!
+//! Convert a checkpoint folder (here a random one written by [`gen`]) to a
+//! GGUF file with TQ2_0 projections that llama.cpp's `bitnet` architecture
+//! runs (`examples/convert.rs` does the same from the command line):
+//!
+//! ```
+//! use tern_convert::gen::{write_random_checkpoint, GenDtype};
+//! use tern_convert::{convert, ConvertOptions, Input};
+//! use tern_model::BitNetConfig;
+//! use tern_tensor::GgmlType;
+//!
+//! let cfg = BitNetConfig::from_json_str(
+//!     "tiny",
+//!     r#"{"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 1,
+//!         "num_attention_heads": 4, "vocab_size": 64, "hidden_act": "silu"}"#,
+//! )?;
+//! let dir = tempfile::tempdir()?;
+//! let checkpoint = dir.path().join("checkpoint");
+//! write_random_checkpoint(&cfg, GenDtype::BF16, 0, &checkpoint, |_, _| {})?;
+//!
+//! let out = dir.path().join("tiny.gguf");
+//! let report = convert(&ConvertOptions::new(Input::Dir(checkpoint), &out))?;
+//! assert_eq!(report.proj_type, GgmlType::TQ2_0);
+//! let gguf = tern_io::gguf::GgufFile::open(&out)?;
+//! assert_eq!(gguf.get_str("general.architecture")?, "bitnet");
+//! assert_eq!(gguf.tensor("blk.0.attn_q.weight").map(|t| t.ty), Some(GgmlType::TQ2_0));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! The pipeline: resolve the input (a local folder, or `OWNER/NAME` in the
 //! Hugging Face hub cache, [`hub`]), check `config.json` (architecture,
 //! fields, quantization config), open the weights with

@@ -5,7 +5,7 @@
 //! - byte-level BPE (`tokenizer.json` whose model is BPE with a `ByteLevel`
 //!   pre-tokenizer or decoder; Llama-3, GPT-2): `tokenizer.ggml.model =
 //!   "gpt2"`, `.pre`, `.tokens`, `.token_type`, `.merges`;
-//! - SentencePiece (`tokenizer.model`, read with the protobuf reader below; or
+//! - SentencePiece (`tokenizer.model`, decoded as [`ModelProto`]; or
 //!   a `tokenizer.json` whose model is Unigram, or BPE with Metaspace /
 //!   byte fallback, as Llama-2 and 1bitLLM ship): `"llama"` with `.tokens`,
 //!   `.scores`, `.token_type`, `.pre = "default"`;
@@ -503,21 +503,21 @@ fn spm_vocab(
     json: Option<&Json>,
     n: usize,
 ) -> Result<GgufVocab, ConvertError> {
-    let bytes = std::fs::read(file).map_err(|e| tok_err(file, e.to_string()))?;
-    let pieces = parse_sentencepiece(&bytes).map_err(|r| tok_err(file, r))?;
+    let model = read_sentencepiece(file)?;
     let mut tokens = Vec::with_capacity(n);
     let mut types = Vec::with_capacity(n);
     let mut scores = Vec::with_capacity(n);
-    for p in pieces {
-        tokens.push(p.piece);
-        scores.push(p.score);
-        types.push(match p.kind {
-            2 => UNKNOWN,
-            3 => CONTROL,
-            5 => UNUSED,
-            6 => BYTE,
-            _ => NORMAL,
+    for p in model.pieces {
+        // User-defined pieces count as normal, as in llama.cpp's converter.
+        types.push(match p.r#type() {
+            PieceType::Unknown => UNKNOWN,
+            PieceType::Control => CONTROL,
+            PieceType::Unused => UNUSED,
+            PieceType::Byte => BYTE,
+            PieceType::Normal | PieceType::UserDefined => NORMAL,
         });
+        scores.push(p.score.unwrap_or(0.0));
+        tokens.push(p.piece.unwrap_or_default());
     }
     let added_path = dir.join("added_tokens.json");
     if added_path.is_file() {
@@ -573,111 +573,56 @@ fn spm_vocab(
     })
 }
 
-/// One `SentencePiece` entry of a `ModelProto`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Piece {
-    pub piece: String,
-    pub score: f32,
-    /// `Type`: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte.
-    pub kind: u32,
+/// SentencePiece's `ModelProto` (sentencepiece_model.proto), as far as tern
+/// reads it: the pieces. Its other fields (`trainer_spec` = 2,
+/// `normalizer_spec` = 3, `self_test_data` = 4, `denormalizer_spec` = 5)
+/// change nothing in the GGUF vocabulary and are skipped as unknown fields.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelProto {
+    /// `repeated SentencePiece pieces = 1`, in id order.
+    #[prost(message, repeated, tag = "1")]
+    pub pieces: Vec<SentencePiece>,
 }
 
-/// The pieces of a serialized SentencePiece `ModelProto` (field 1, repeated
-/// `SentencePiece { string piece = 1; float score = 2; Type type = 3 [default
-/// = NORMAL]; }`); every other field is skipped.
-pub fn parse_sentencepiece(bytes: &[u8]) -> Result<Vec<Piece>, String> {
-    let mut out = Vec::new();
-    let mut r = Proto { b: bytes, pos: 0 };
-    while !r.done() {
-        let (field, wire) = r.key()?;
-        if field == 1 && wire == 2 {
-            let msg = r.bytes()?;
-            let mut m = Proto { b: msg, pos: 0 };
-            let mut p = Piece {
-                piece: String::new(),
-                score: 0.0,
-                kind: 1,
-            };
-            while !m.done() {
-                match m.key()? {
-                    (1, 2) => {
-                        p.piece = String::from_utf8(m.bytes()?.to_vec())
-                            .map_err(|_| format!("piece {} is not UTF-8", out.len()))?
-                    }
-                    (2, 5) => p.score = f32::from_le_bytes(m.fixed::<4>()?),
-                    (3, 0) => p.kind = m.varint()? as u32,
-                    (_, w) => m.skip(w)?,
-                }
-            }
-            out.push(p);
-        } else {
-            r.skip(wire)?;
-        }
-    }
-    if out.is_empty() {
-        return Err("no pieces: not a SentencePiece model".into());
-    }
-    Ok(out)
+/// One `ModelProto.SentencePiece`: `optional string piece = 1; optional
+/// float score = 2; optional Type type = 3 [default = NORMAL]`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SentencePiece {
+    #[prost(string, optional, tag = "1")]
+    pub piece: Option<String>,
+    #[prost(float, optional, tag = "2")]
+    pub score: Option<f32>,
+    #[prost(enumeration = "PieceType", optional, tag = "3", default = "Normal")]
+    pub r#type: Option<i32>,
 }
 
-/// A minimal protobuf wire-format reader.
-struct Proto<'a> {
-    b: &'a [u8],
-    pos: usize,
+/// `ModelProto.SentencePiece.Type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum PieceType {
+    Normal = 1,
+    Unknown = 2,
+    Control = 3,
+    UserDefined = 4,
+    Unused = 5,
+    Byte = 6,
 }
 
-impl<'a> Proto<'a> {
-    fn done(&self) -> bool {
-        self.pos >= self.b.len()
+/// Read a serialized SentencePiece model (`tokenizer.model`). Errors name
+/// `file` and, for malformed protobuf, the message and field
+/// (`ModelProto.pieces: SentencePiece.piece: ...`).
+pub fn read_sentencepiece(file: &Path) -> Result<ModelProto, ConvertError> {
+    use prost::Message;
+    let bytes = std::fs::read(file).map_err(|e| tok_err(file, e.to_string()))?;
+    let model = ModelProto::decode(bytes.as_slice())
+        .map_err(|e| tok_err(file, format!("not a SentencePiece model: {e}")))?;
+    if model.pieces.is_empty() {
+        return Err(tok_err(
+            file,
+            "ModelProto.pieces is empty: not a SentencePiece model",
+        ));
     }
-    fn varint(&mut self) -> Result<u64, String> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = *self
-                .b
-                .get(self.pos)
-                .ok_or_else(|| format!("truncated varint at byte {}", self.pos))?;
-            self.pos += 1;
-            v |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(format!("varint longer than 10 bytes at byte {}", self.pos))
-    }
-    fn key(&mut self) -> Result<(u64, u8), String> {
-        let k = self.varint()?;
-        Ok((k >> 3, (k & 7) as u8))
-    }
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| format!("field of {n} bytes at byte {} overruns the data", self.pos))?;
-        let s = &self.b[self.pos..end];
-        self.pos = end;
-        Ok(s)
-    }
-    fn bytes(&mut self) -> Result<&'a [u8], String> {
-        let n = self.varint()?;
-        self.take(usize::try_from(n).map_err(|_| "length overflow".to_string())?)
-    }
-    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        let s = self.take(N)?;
-        let mut a = [0u8; N];
-        a.copy_from_slice(s);
-        Ok(a)
-    }
-    fn skip(&mut self, wire: u8) -> Result<(), String> {
-        match wire {
-            0 => self.varint().map(|_| ()),
-            1 => self.take(8).map(|_| ()),
-            2 => self.bytes().map(|_| ()),
-            5 => self.take(4).map(|_| ()),
-            w => Err(format!("unsupported wire type {w} at byte {}", self.pos)),
-        }
-    }
+    Ok(model)
 }
 
 #[cfg(test)]
@@ -712,8 +657,17 @@ mod tests {
         out
     }
 
+    /// `bytes` as a `tokenizer.model` in a fresh folder.
+    fn model_file(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.model");
+        std::fs::write(&path, bytes).unwrap();
+        (dir, path)
+    }
+
     #[test]
     fn reads_pieces_and_skips_other_fields() {
+        // Wire bytes written by hand (not by prost), as sentencepiece lays them out.
         let mut b = Vec::new();
         b.extend(piece("<unk>", 0.0, Some(2)));
         b.extend(piece("<s>", 0.0, Some(3)));
@@ -721,15 +675,72 @@ mod tests {
         b.extend([0x12, 0x03, 0x18, 0x01, 0x20]);
         b.extend(piece("▁the", -3.5, None));
         b.extend(piece("<0x0A>", 0.0, Some(6)));
-        let p = parse_sentencepiece(&b).unwrap();
+        let (_dir, path) = model_file(&b);
+        let p = read_sentencepiece(&path).unwrap().pieces;
         assert_eq!(p.len(), 4);
-        assert_eq!(p[2].piece, "▁the");
-        assert_eq!(p[2].score, -3.5);
-        assert_eq!(p[2].kind, 1, "type defaults to NORMAL");
-        assert_eq!((p[0].kind, p[1].kind, p[3].kind), (2, 3, 6));
-        // Truncation is an error, not a panic.
-        assert!(parse_sentencepiece(&b[..b.len() - 3]).is_err());
-        assert!(parse_sentencepiece(b"").is_err());
+        assert_eq!(p[2].piece.as_deref(), Some("▁the"));
+        assert_eq!(p[2].score, Some(-3.5));
+        assert_eq!(p[2].r#type(), PieceType::Normal, "type defaults to NORMAL");
+        assert_eq!(
+            (p[0].r#type(), p[1].r#type(), p[3].r#type()),
+            (PieceType::Unknown, PieceType::Control, PieceType::Byte)
+        );
+        // Truncation is an error naming the file, not a panic.
+        let (_dir, path) = model_file(&b[..b.len() - 3]);
+        let e = read_sentencepiece(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("tokenizer.model") && e.contains("ModelProto.pieces"),
+            "{e}"
+        );
+        let (_dir, path) = model_file(b"");
+        let e = read_sentencepiece(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("tokenizer.model") && e.contains("pieces is empty"),
+            "{e}"
+        );
+        // A piece that is not UTF-8: the error names the field.
+        let mut bad = piece("ab", 0.0, None);
+        bad[4] = 0xff;
+        let (_dir, path) = model_file(&bad);
+        let e = read_sentencepiece(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("SentencePiece.piece") && e.contains("UTF-8"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn spm_vocab_maps_types_and_pads() {
+        let mut b = Vec::new();
+        b.extend(piece("<unk>", 0.0, Some(2)));
+        b.extend(piece("<s>", 0.0, Some(3)));
+        b.extend(piece("▁a", -1.0, Some(4)));
+        b.extend(piece("<0x41>", 0.0, Some(6)));
+        b.extend(piece("▁b", -2.0, Some(5)));
+        b.extend(piece("▁c", -3.0, Some(9)));
+        let (dir, path) = model_file(&b);
+        let v = spm_vocab(&path, dir.path(), None, 8).unwrap();
+        assert_eq!(
+            v.tokens,
+            ["<unk>", "<s>", "▁a", "<0x41>", "▁b", "▁c", "[PAD1]", "[PAD2]"]
+        );
+        // User-defined and unknown type ids count as normal.
+        assert_eq!(
+            v.types,
+            [UNKNOWN, CONTROL, NORMAL, BYTE, UNUSED, NORMAL, UNUSED, UNUSED]
+        );
+        assert_eq!(
+            v.scores.unwrap(),
+            [0.0, 0.0, -1.0, 0.0, -2.0, -3.0, -1000.0, -1000.0]
+        );
+        let e = spm_vocab(&path, dir.path(), None, 5)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("tokenizer.model") && e.contains("vocab_size 5"),
+            "{e}"
+        );
     }
 
     #[test]

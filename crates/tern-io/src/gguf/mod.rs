@@ -1,8 +1,8 @@
 //! GGUF v3: a memory-mapped, hardened reader and a streaming writer.
 //!
-//! Layout (little-endian; see docs/formats.md): magic `GGUF`, u32 version,
+//! Layout (little-endian; see `docs/formats.md`): magic `GGUF`, u32 version,
 //! u64 tensor count, u64 KV count, the KV pairs (string key, u32 value type,
-//! value), the tensor infos (string name, u32 n_dims, u64 ne[n_dims], u32 ggml
+//! value), the tensor infos (string name, u32 n_dims, `u64 ne[n_dims]`, u32 ggml
 //! type, u64 offset), zero padding to `general.alignment` (default 32), then
 //! the tensor data, each tensor padded to the alignment.
 //!

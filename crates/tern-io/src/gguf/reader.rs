@@ -166,13 +166,16 @@ typed_getters! {
 }
 
 impl Metadata {
-    fn from_entries(entries: Vec<(String, Value)>) -> Result<Self, String> {
+    /// Index `entries`; a key that appears twice is [`GgufErrorKind::DuplicateKey`].
+    fn from_entries(entries: Vec<(String, Value)>) -> Result<Self, GgufErrorKind> {
         let mut sorted: Vec<usize> = (0..entries.len()).collect();
         sorted.sort_by(|&a, &b| key_of(&entries, a).cmp(key_of(&entries, b)));
         for w in sorted.windows(2) {
             if let [a, b] = *w {
                 if key_of(&entries, a) == key_of(&entries, b) {
-                    return Err(key_of(&entries, b).to_owned());
+                    return Err(Kind::DuplicateKey {
+                        key: key_of(&entries, b).to_owned(),
+                    });
                 }
             }
         }
@@ -807,7 +810,7 @@ fn parse_layout(buf: &[u8]) -> Result<Layout, Kind> {
         let value = c.value(ty, key, 0)?;
         entries.push((key.to_owned(), value));
     }
-    let metadata = Metadata::from_entries(entries).map_err(|key| Kind::DuplicateKey { key })?;
+    let metadata = Metadata::from_entries(entries)?;
 
     // Tensor infos.
     let n_tensors = c.check_count(n_tensors, MIN_TENSOR_INFO_BYTES, &|| {

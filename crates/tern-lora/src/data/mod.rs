@@ -44,8 +44,9 @@
 //! A validation split takes a seeded random subset of the examples (windows
 //! or conversations); both parts keep file order. [`Dataset::epoch_order`]
 //! is a seeded permutation of the training examples per epoch, or file order
-//! with `shuffle = false`. The generator is spelled out in this crate, so a
-//! seed means the same split and order everywhere.
+//! with `shuffle = false`. The generator is tern's SplitMix64
+//! ([`tern_tensor::rng`]), so a seed means the same split and order
+//! everywhere.
 
 mod error;
 mod rng;

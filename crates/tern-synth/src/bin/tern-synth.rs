@@ -4,64 +4,62 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::Parser;
 use tern_synth::{write_corpus, CorpusOptions, TaskKind};
 
-const USAGE: &str = "usage: tern-synth DIR [--seed N] [--pretrain-per-task N] \
-[--finetune-per-task N] [--heldout-per-task N] [--chat-fraction F] \
-[--pretrain-tasks a,b,...] [--finetune-tasks a,b,...]";
+/// The defaults of every option (`CorpusOptions::default()`).
+static DEFAULT: std::sync::LazyLock<CorpusOptions> =
+    std::sync::LazyLock::new(CorpusOptions::default);
 
-fn parse_tasks(s: &str) -> Result<Vec<TaskKind>, String> {
-    s.split(',')
-        .filter(|t| !t.is_empty())
-        .map(|t| t.parse::<TaskKind>().map_err(|e| e.to_string()))
-        .collect()
+/// Write a synthetic corpus: tokenizer.json, pretraining documents,
+/// fine-tuning conversations and held-out examples.
+#[derive(Parser, Debug)]
+#[command(name = "tern-synth", version)]
+struct Args {
+    /// Output folder.
+    dir: PathBuf,
+    /// Seed of every generator (examples, order, layouts).
+    #[arg(long, default_value_t = DEFAULT.seed)]
+    seed: u64,
+    /// Distinct training examples per pretraining task.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT.pretrain_per_task)]
+    pretrain_per_task: usize,
+    /// Distinct training examples per fine-tuning task.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT.finetune_per_task)]
+    finetune_per_task: usize,
+    /// Distinct held-out examples per task.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT.heldout_per_task)]
+    heldout_per_task: usize,
+    /// Share of pretraining documents laid out as chat, in [0, 1].
+    #[arg(long, value_name = "F", default_value_t = DEFAULT.chat_fraction)]
+    chat_fraction: f64,
+    /// Pretraining tasks, comma-separated [default: every task but `first`].
+    #[arg(long, value_name = "a,b,...", value_delimiter = ',')]
+    pretrain_tasks: Option<Vec<TaskKind>>,
+    /// Fine-tuning tasks, comma-separated [default: first].
+    #[arg(long, value_name = "a,b,...", value_delimiter = ',')]
+    finetune_tasks: Option<Vec<TaskKind>>,
 }
 
-fn parse_args() -> Result<(PathBuf, CorpusOptions), String> {
-    let mut opts = CorpusOptions::default();
-    let mut dir = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if !a.starts_with("--") {
-            if dir.replace(PathBuf::from(&a)).is_some() {
-                return Err(format!("more than one output folder given ('{a}')"));
-            }
-            continue;
-        }
-        if a == "--help" {
-            return Err(String::new());
-        }
-        let v = args.next().ok_or_else(|| format!("{a} needs a value"))?;
-        let int = |v: &str| v.parse::<usize>().map_err(|e| format!("{a} {v}: {e}"));
-        match a.as_str() {
-            "--seed" => opts.seed = v.parse().map_err(|e| format!("{a} {v}: {e}"))?,
-            "--pretrain-per-task" => opts.pretrain_per_task = int(&v)?,
-            "--finetune-per-task" => opts.finetune_per_task = int(&v)?,
-            "--heldout-per-task" => opts.heldout_per_task = int(&v)?,
-            "--chat-fraction" => {
-                opts.chat_fraction = v.parse().map_err(|e| format!("{a} {v}: {e}"))?
-            }
-            "--pretrain-tasks" => opts.pretrain_tasks = parse_tasks(&v)?,
-            "--finetune-tasks" => opts.finetune_tasks = parse_tasks(&v)?,
-            _ => return Err(format!("unknown option {a}")),
+impl Args {
+    fn options(self) -> CorpusOptions {
+        let d = CorpusOptions::default();
+        CorpusOptions {
+            seed: self.seed,
+            pretrain_tasks: self.pretrain_tasks.unwrap_or(d.pretrain_tasks),
+            finetune_tasks: self.finetune_tasks.unwrap_or(d.finetune_tasks),
+            pretrain_per_task: self.pretrain_per_task,
+            finetune_per_task: self.finetune_per_task,
+            heldout_per_task: self.heldout_per_task,
+            chat_fraction: self.chat_fraction,
         }
     }
-    let dir = dir.ok_or("no output folder given")?;
-    Ok((dir, opts))
 }
 
 fn main() -> ExitCode {
-    let (dir, opts) = match parse_args() {
-        Ok(x) => x,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("tern-synth: {e}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match write_corpus(&dir, &opts) {
+    let args = Args::parse();
+    let dir = args.dir.clone();
+    match write_corpus(&dir, &args.options()) {
         Ok(s) => {
             println!(
                 "{}: vocabulary {} tokens; pretraining {} documents ({} chat), {} tokens; \
