@@ -22,7 +22,7 @@
 
 use crate::run;
 use anyhow::{bail, Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -54,36 +54,6 @@ const LORA_BOUND: &str = "1e-4";
 /// ignored, half applied or applied with the wrong scaling.
 const LORA_EFFECT_FACTOR: &str = "100";
 
-/// Create `target/interop-venv` (idempotent) and install the pinned llama.cpp
-/// oracle.
-fn venv(root: &Path) -> Result<PathBuf> {
-    let venv = root.join("target/interop-venv");
-    let python = venv.join("bin/python");
-    let requirements = root.join("tests/requirements-interop.txt");
-    let stamp = venv.join(".tern-requirements");
-    let wanted = std::fs::read_to_string(&requirements)
-        .with_context(|| format!("reading {}", requirements.display()))?;
-    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&wanted) {
-        eprintln!("interop venv up to date ({})", venv.display());
-        return Ok(python);
-    }
-    let host = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    run(Command::new(&host).args(["-m", "venv"]).arg(&venv))?;
-    run(Command::new(&python).args(["-m", "pip", "install", "-q", "--upgrade", "pip"]))?;
-    let mut pip = Command::new(&python);
-    pip.args(["-m", "pip", "install", "-q", "-r"])
-        .arg(&requirements);
-    // llama-cpp-python builds llama.cpp from source; its multimodal library
-    // is not needed here and costs build time.
-    if std::env::var_os("CMAKE_ARGS").is_none() {
-        pip.env("CMAKE_ARGS", "-DLLAVA_BUILD=OFF");
-    }
-    eprintln!("building llama-cpp-python from source (several minutes on 2 cores)");
-    run(&mut pip)?;
-    std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
-    Ok(python)
-}
-
 pub fn interop(root: &Path) -> Result<()> {
     let start = Instant::now();
     let mut times: Vec<(&str, Duration)> = Vec::new();
@@ -93,7 +63,7 @@ pub fn interop(root: &Path) -> Result<()> {
         *lap = Instant::now();
     };
 
-    let python = venv(root)?;
+    let python = crate::venv::Venv::Interop.ensure(root)?;
     mark("venv (llama-cpp-python)", &mut lap);
 
     let tern = crate::tern_release(root, "`cargo xtask interop`")?;

@@ -11,6 +11,9 @@ use std::process::Command;
 
 mod demo;
 mod interop;
+mod venv;
+
+use venv::Venv;
 
 #[derive(Parser)]
 #[command(
@@ -33,7 +36,12 @@ enum Task {
     /// LoRA fine-tuning on it, exact match again (outputs in target/demo/).
     Demo(demo::DemoArgs),
     /// Create or update the oracle venv target/pyenv (gguf, numpy, safetensors).
-    Pyenv,
+    Pyenv {
+        /// Also target/torchenv (torch, transformers, peft: the PEFT export and
+        /// tokenizer checks, which CI runs; about 5.6 GB from PyPI).
+        #[arg(long)]
+        torch: bool,
+    },
     /// `pyenv`, then `cargo test --workspace --release` with the oracles enabled.
     ///
     /// The release profile lets the tests reuse the dependencies that
@@ -89,7 +97,13 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
     match cli.task {
-        Task::Pyenv => pyenv(&root).map(|_| ()),
+        Task::Pyenv { torch } => {
+            Venv::Oracles.ensure(&root)?;
+            if torch {
+                Venv::Torch.ensure(&root)?;
+            }
+            Ok(())
+        }
         Task::Test(a) => test(&root, &a.args),
         Task::Fixtures => fixtures(&root),
         Task::Convert(a) => tern_task(&root, "convert", &a.args),
@@ -163,29 +177,8 @@ fn tern_task(root: &Path, subcommand: &str, args: &[String]) -> Result<()> {
         .args(args))
 }
 
-/// Create `target/pyenv` (idempotent) and install `tests/requirements.txt`.
-fn pyenv(root: &Path) -> Result<PathBuf> {
-    let venv = root.join("target/pyenv");
-    let python = venv.join("bin/python");
-    let requirements = root.join("tests/requirements.txt");
-    let stamp = venv.join(".tern-requirements");
-    let wanted = std::fs::read_to_string(&requirements)
-        .with_context(|| format!("reading {}", requirements.display()))?;
-    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&wanted) {
-        return Ok(python);
-    }
-    let host = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    run(Command::new(&host).args(["-m", "venv"]).arg(&venv))?;
-    run(Command::new(&python).args(["-m", "pip", "install", "-q", "--upgrade", "pip"]))?;
-    run(Command::new(&python)
-        .args(["-m", "pip", "install", "-q", "-r"])
-        .arg(&requirements))?;
-    std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
-    Ok(python)
-}
-
 fn test(root: &Path, extra: &[String]) -> Result<()> {
-    let python = pyenv(root)?;
+    let python = Venv::Oracles.ensure(root)?;
     eprintln!(
         "xtask: `cargo test --workspace --release`: the release profile shares its compiled \
          dependencies with `cargo xtask demo` and the other release builds of `tern`"
@@ -197,9 +190,9 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         .args(extra))
 }
 
-/// Every `tests/fixtures/gen_*.py`, run with the oracle venv.
+/// Every `tests/fixtures/gen_*.py`, run with the oracle venv, or the torch
+/// venv for the scripts that import torch or transformers.
 fn fixtures(root: &Path) -> Result<()> {
-    let python = pyenv(root)?;
     let dir = root.join("tests/fixtures");
     let mut scripts: Vec<PathBuf> = std::fs::read_dir(&dir)
         .with_context(|| format!("listing {}", dir.display()))?
@@ -212,6 +205,24 @@ fn fixtures(root: &Path) -> Result<()> {
         .collect();
     scripts.sort();
     for script in scripts {
+        let text = std::fs::read_to_string(&script)
+            .with_context(|| format!("reading {}", script.display()))?;
+        let needs_torch = text.lines().any(|l| {
+            let l = l.trim_start();
+            [
+                "import torch",
+                "from torch",
+                "import transformers",
+                "from transformers",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
+        });
+        let python = if needs_torch {
+            Venv::Torch.ensure(root)?
+        } else {
+            Venv::Oracles.ensure(root)?
+        };
         run(Command::new(&python).current_dir(root).arg(&script))?;
     }
     Ok(())
