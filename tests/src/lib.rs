@@ -5,7 +5,7 @@
 //! | what | looked up as | made by |
 //! |---|---|---|
 //! | oracle venv (gguf-py, numpy, safetensors) | `$TERN_PYTHON`, `target/pyenv/bin/python` | `cargo xtask pyenv`, `.ci/run` |
-//! | torch venv (torch, transformers, peft, tokenizers) | `$TERN_TORCH_PYTHON`, `target/torchenv/bin/python` | `.ci/run` (tests/requirements-torch.txt) |
+//! | torch venv (torch, transformers, peft, tokenizers) | `$TERN_TORCH_PYTHON`, `target/torchenv/bin/python` | `cargo xtask pyenv --torch`, `.ci/run` (tests/requirements-torch.txt) |
 //! | shared data sets (BiomedQA) | `$TERN_DATA_DIR/<set>/…`, `../shared/data/<set>/…` beside the repository | not in the repository |
 //!
 //! A test that lacks one calls [`missing`]: it prints `SKIPPED: …` and
