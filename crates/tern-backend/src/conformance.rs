@@ -21,6 +21,7 @@
 //! `conformance_tests!(match Wgpu::new() { Ok(b) => b, Err(e) => { eprintln!("skipped: {e}"); return; } })`.
 
 use crate::{Activation, AdamW, AttnDims, Backend, Gemm, TernaryCodes};
+use tern_tensor::rng::SplitMix64;
 
 /// Stamps one `#[test]` per conformance check, each building the backend
 /// with `$ctor` and calling the check. Use inside a module to stamp several
@@ -73,27 +74,14 @@ macro_rules! conformance_tests {
 // ---------------------------------------------------------------------------
 // helpers
 
-/// SplitMix64: a small, fixed, dependency-free generator for test inputs.
-pub struct Rng(u64);
+/// The generator of the suite's inputs: tern's [`SplitMix64`] stream (its
+/// `next_u64`, `uniform`, `below` through `Deref`) with the two input shapes
+/// the suite draws, [`Rng::vec`] and [`Rng::codes`].
+pub struct Rng(SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[lo, hi)`.
-    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        lo + (hi - lo) * u
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
+        Rng(SplitMix64::new(seed))
     }
     pub fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
         (0..n).map(|_| self.uniform(lo, hi)).collect()
@@ -111,6 +99,19 @@ impl Rng {
                 }
             })
             .collect()
+    }
+}
+
+impl std::ops::Deref for Rng {
+    type Target = SplitMix64;
+    fn deref(&self) -> &SplitMix64 {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Rng {
+    fn deref_mut(&mut self) -> &mut SplitMix64 {
+        &mut self.0
     }
 }
 

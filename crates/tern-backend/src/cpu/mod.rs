@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 pub use ternary::CpuTernary;
 
-use crate::{Activation, AdamW, AttnDims, Backend, BackendError, Gemm, TernarySource};
+use crate::{contract, Activation, AdamW, AttnDims, Backend, BackendError, Gemm, TernarySource};
 
 /// Rows per parallel task of row-wise ops.
 const ROW_CHUNK: usize = 8;
@@ -82,10 +82,7 @@ impl Cpu {
 
 #[track_caller]
 fn check_len(op: &str, what: &str, got: usize, want: usize) {
-    assert_eq!(
-        got, want,
-        "cpu {op}: {what} has length {got}, expected {want}"
-    );
+    contract::len("cpu", op, what, got, want);
 }
 
 impl Backend for Cpu {
@@ -136,15 +133,25 @@ impl Backend for Cpu {
     }
 
     fn ternary_matmul(&self, w: &CpuTernary, x: &Vec<f32>, y: &mut Vec<f32>, rows: usize) {
-        check_len("ternary_matmul", "x", x.len(), rows * w.cols);
-        check_len("ternary_matmul", "y", y.len(), rows * w.rows);
+        contract::ternary(
+            "cpu",
+            "ternary_matmul",
+            (w.rows, w.cols),
+            (x.len(), y.len()),
+            rows,
+        );
         self.pool
             .install(|| ternary::matmul(self.kernel, w, x, y, rows));
     }
 
     fn ternary_matmul_float(&self, w: &CpuTernary, x: &Vec<f32>, y: &mut Vec<f32>, rows: usize) {
-        check_len("ternary_matmul_float", "x", x.len(), rows * w.cols);
-        check_len("ternary_matmul_float", "y", y.len(), rows * w.rows);
+        contract::ternary(
+            "cpu",
+            "ternary_matmul_float",
+            (w.rows, w.cols),
+            (x.len(), y.len()),
+            rows,
+        );
         self.pool.install(|| ternary::matmul_float(w, x, y, rows));
     }
 
@@ -155,8 +162,13 @@ impl Backend for Cpu {
         dx: &mut Vec<f32>,
         rows: usize,
     ) {
-        check_len("ternary_matmul_backward", "dy", dy.len(), rows * w.rows);
-        check_len("ternary_matmul_backward", "dx", dx.len(), rows * w.cols);
+        contract::ternary(
+            "cpu",
+            "ternary_matmul_backward",
+            (w.rows, w.cols),
+            (dy.len(), dx.len()),
+            rows,
+        );
         self.pool
             .install(|| ternary::matmul_backward(w, dy, dx, rows));
     }
@@ -189,9 +201,7 @@ impl Backend for Cpu {
     }
 
     fn matmul(&self, a: &Vec<f32>, b: &Vec<f32>, c: &mut Vec<f32>, g: Gemm) {
-        check_len("matmul", "a", a.len(), g.m * g.k);
-        check_len("matmul", "b", b.len(), g.k * g.n);
-        check_len("matmul", "c", c.len(), g.m * g.n);
+        g.check("cpu", a.len(), b.len(), c.len());
         self.pool.install(|| gemm(a, b, c, g));
     }
 
@@ -612,10 +622,7 @@ impl Backend for Cpu {
 
     fn adamw(&self, p: &mut Vec<f32>, g: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, h: AdamW) {
         let n = p.len();
-        check_len("adamw", "g", g.len(), n);
-        check_len("adamw", "m", m.len(), n);
-        check_len("adamw", "v", v.len(), n);
-        assert!(h.step >= 1, "cpu adamw: step counts from 1");
+        h.check("cpu", n, g.len(), m.len(), v.len());
         // PyTorch's single-tensor AdamW, operation for operation in f32.
         // The bias corrections are Python floats (f64) there, as here.
         let t = h.step as i32;
