@@ -2,7 +2,7 @@
 //! for every implementation through [`conformance_tests!`](crate::conformance_tests).
 //!
 //! Oracles, never the backend agreeing with itself:
-//! - [`reference`]: a scalar implementation of every op written with plain
+//! - [`reference`](mod@reference): a scalar implementation of every op written with plain
 //!   loops and f64 arithmetic. Integer paths are compared bit for bit (the
 //!   ternary product against an i64 dot of the codes and the int8 activations
 //!   that tern-tensor's normative quantizer produces, then the contract's float

@@ -126,7 +126,7 @@ pub enum WgpuError {
         max_buffer: u64,
         /// The `max_storage_buffer_binding_size` limit asked for.
         max_binding: u64,
-        source: wgpu::RequestDeviceError,
+        source: Box<wgpu::RequestDeviceError>,
     },
 }
 
@@ -320,7 +320,7 @@ impl Ctx {
             features: format!("{want:?}"),
             max_buffer: adapter_limits.max_buffer_size,
             max_binding: adapter_limits.max_storage_buffer_binding_size,
-            source,
+            source: Box::new(source),
         })?;
         let limits = device.limits();
         let features = device.features();
