@@ -181,6 +181,24 @@ pub fn fd_grad(f: impl Fn(&[f64]) -> f64, x: &[f64], h: f64) -> Vec<f64> {
         .collect()
 }
 
+/// Central finite-difference gradients of `L = Σ dy ⊙ f(inputs)` with
+/// respect to each of the inputs (the others held fixed).
+pub fn fd_grads<const N: usize>(
+    f: impl Fn([&[f64]; N]) -> Vec<f64>,
+    inputs: [&[f64]; N],
+    dy: &[f64],
+    h: f64,
+) -> [Vec<f64>; N] {
+    std::array::from_fn(|i| {
+        let loss = |x: &[f64]| {
+            let mut args = inputs;
+            args[i] = x;
+            weighted(dy, &f(args))
+        };
+        fd_grad(loss, inputs[i], h)
+    })
+}
+
 fn weighted(dy: &[f64], y: &[f64]) -> f64 {
     dy.iter().zip(y).map(|(a, b)| a * b).sum()
 }
@@ -876,19 +894,10 @@ pub fn matmul_gradients_fd<B: Backend>(b: &B) {
             let c0 = rng.vec(m * n, -1.0, 1.0);
             let gr = rng.vec(m * n, -1.0, 1.0);
             let (a64, b64, c64, g64) = (f64s(&a), f64s(&bm), f64s(&c0), f64s(&gr));
-            let want_da = fd_grad(
-                |x| weighted(&g64, &reference::matmul(x, &b64, &c64, g).0),
-                &a64,
-                1e-3,
-            );
-            let want_db = fd_grad(
-                |x| weighted(&g64, &reference::matmul(&a64, x, &c64, g).0),
-                &b64,
-                1e-3,
-            );
-            let want_dc = fd_grad(
-                |x| weighted(&g64, &reference::matmul(&a64, &b64, x, g).0),
-                &c64,
+            let [want_da, want_db, want_dc] = fd_grads(
+                |[a, bm, c]| reference::matmul(a, bm, c, g).0,
+                [&a64, &b64, &c64],
+                &g64,
                 1e-3,
             );
             let (ab, bb, gb) = (up(b, &a), up(b, &bm), up(b, &gr));
@@ -1130,14 +1139,10 @@ pub fn rmsnorm_backward_fd<B: Backend>(b: &B) {
     let w = rng.vec(dim, 0.5, 1.5);
     let dy = rng.vec(rows * dim, -1.0, 1.0);
     let (x64, w64, dy64) = (f64s(&x), f64s(&w), f64s(&dy));
-    let want_dx = fd_grad(
-        |x| weighted(&dy64, &reference::rmsnorm(x, &w64, rows, dim, eps as f64).0),
-        &x64,
-        1e-5,
-    );
-    let want_dw = fd_grad(
-        |w| weighted(&dy64, &reference::rmsnorm(&x64, w, rows, dim, eps as f64).0),
-        &w64,
+    let [want_dx, want_dw] = fd_grads(
+        |[x, w]| reference::rmsnorm(x, w, rows, dim, eps as f64).0,
+        [&x64, &w64],
+        &dy64,
         1e-5,
     );
     let (xb, wb, dyb) = (up(b, &x), up(b, &w), up(b, &dy));
@@ -1406,19 +1411,10 @@ pub fn attention_backward_fd<B: Backend>(b: &B) {
     let (q, k, v) = attn_inputs(&mut rng, d);
     let dout = rng.vec(q.len(), -1.0, 1.0);
     let (q64, k64, v64, do64) = (f64s(&q), f64s(&k), f64s(&v), f64s(&dout));
-    let want_dq = fd_grad(
-        |x| weighted(&do64, &reference::attention(x, &k64, &v64, d).0),
-        &q64,
-        1e-5,
-    );
-    let want_dk = fd_grad(
-        |x| weighted(&do64, &reference::attention(&q64, x, &v64, d).0),
-        &k64,
-        1e-5,
-    );
-    let want_dv = fd_grad(
-        |x| weighted(&do64, &reference::attention(&q64, &k64, x, d).0),
-        &v64,
+    let [want_dq, want_dk, want_dv] = fd_grads(
+        |[q, k, v]| reference::attention(q, k, v, d).0,
+        [&q64, &k64, &v64],
+        &do64,
         1e-5,
     );
     let (qb, kb, vb) = (up(b, &q), up(b, &k), up(b, &v));
@@ -1487,14 +1483,10 @@ pub fn gate_backward_fd<B: Backend>(b: &B) {
     let dy = rng.vec(n, -1.0, 1.0);
     let (g64, u64_, dy64) = (f64s(&g), f64s(&u), f64s(&dy));
     for act in [Activation::Relu2, Activation::Silu] {
-        let want_dg = fd_grad(
-            |x| weighted(&dy64, &reference::gate(x, &u64_, act)),
-            &g64,
-            1e-5,
-        );
-        let want_du = fd_grad(
-            |x| weighted(&dy64, &reference::gate(&g64, x, act)),
-            &u64_,
+        let [want_dg, want_du] = fd_grads(
+            |[g, u]| reference::gate(g, u, act),
+            [&g64, &u64_],
+            &dy64,
             1e-5,
         );
         let mut dg = up(b, &vec![f32::NAN; n]);
