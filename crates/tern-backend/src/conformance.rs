@@ -1238,9 +1238,11 @@ pub fn rope_backward_fd<B: Backend>(b: &B) {
 // ---------------------------------------------------------------------------
 // attention
 
-fn attn_inputs(rng: &mut Rng, d: AttnDims) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let q = rng.vec(d.batch * d.n_new * d.n_heads * d.head_dim, -1.5, 1.5);
-    let nk = d.batch * d.kv_len * d.n_kv_heads * d.head_dim;
+/// Attention inputs `(q, k, v)` for `d`, uniform in `[-1.5, 1.5)`; the cache
+/// rows past `n_past + n_new` hold NaN, so a kernel reading them fails.
+pub fn attn_inputs(rng: &mut Rng, d: AttnDims) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let q = rng.vec(d.q_len(), -1.5, 1.5);
+    let nk = d.k_len();
     let mut k = rng.vec(nk, -1.5, 1.5);
     let mut v = rng.vec(nk, -1.5, 1.5);
     // rows past n_past + n_new are unused cache capacity: NaN catches reads

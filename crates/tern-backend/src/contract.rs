@@ -23,7 +23,7 @@ impl AttnDims {
     }
 
     /// Elements of `k` and `v`: `[batch, kv_len, n_kv_heads, head_dim]`.
-    pub fn kv_len_elems(&self) -> usize {
+    pub fn k_len(&self) -> usize {
         self.batch * self.kv_len * self.n_kv_heads * self.head_dim
     }
 
@@ -49,7 +49,7 @@ impl AttnDims {
             self.n_new,
             self.kv_len
         );
-        let (nq, nk) = (self.q_len(), self.kv_len_elems());
+        let (nq, nk) = (self.q_len(), self.k_len());
         len(backend, "attention", "q", q, nq);
         len(backend, "attention", "k", k, nk);
         len(backend, "attention", "v", v, nk);
@@ -199,7 +199,7 @@ mod tests {
     #[test]
     fn attention_lengths() {
         let d = dims();
-        assert_eq!((d.q_len(), d.kv_len_elems(), d.lse_len()), (192, 160, 24));
+        assert_eq!((d.q_len(), d.k_len(), d.lse_len()), (192, 160, 24));
         d.check("test", 192, 160, 160, 192, 24);
     }
 
