@@ -132,6 +132,75 @@ pub fn ternary(
     len(backend, op, no, output, rows * o);
 }
 
+/// The checks of [`Backend::rmsnorm`](crate::Backend::rmsnorm): `x` and `y`
+/// are `[rows, dim]`, `w` is `dim` long, `rstd` `rows`.
+#[track_caller]
+pub fn rmsnorm(backend: &str, [x, w, y, rstd]: [usize; 4], rows: usize, dim: usize) {
+    let op = "rmsnorm";
+    len(backend, op, "x", x, rows * dim);
+    len(backend, op, "w", w, dim);
+    len(backend, op, "y", y, rows * dim);
+    len(backend, op, "rstd", rstd, rows);
+}
+
+/// The checks of
+/// [`Backend::rmsnorm_backward`](crate::Backend::rmsnorm_backward): those of
+/// the forward for `x`, `w`, `rstd`, then `dy` and `dx` as `x`, and `dw`
+/// (when asked for) as `w`.
+#[track_caller]
+pub fn rmsnorm_backward(
+    backend: &str,
+    [x, w, rstd, dy, dx]: [usize; 5],
+    dw: Option<usize>,
+    rows: usize,
+    dim: usize,
+) {
+    let op = "rmsnorm_backward";
+    len(backend, op, "x", x, rows * dim);
+    len(backend, op, "w", w, dim);
+    len(backend, op, "rstd", rstd, rows);
+    len(backend, op, "dy", dy, rows * dim);
+    len(backend, op, "dx", dx, rows * dim);
+    if let Some(dw) = dw {
+        len(backend, op, "dw", dw, dim);
+    }
+}
+
+/// The checks of [`Backend::gate`](crate::Backend::gate) (`[g, u, y]`) and
+/// [`Backend::gate_backward`](crate::Backend::gate_backward) (`[g, u, dy,
+/// dg, du]`): every operand as long as `g`.
+#[track_caller]
+pub fn gate(backend: &str, op: &str, names: &[&str], lens: &[usize]) {
+    for (name, &n) in names.iter().zip(lens).skip(1) {
+        len(backend, op, name, n, lens[0]);
+    }
+}
+
+/// The checks of [`Backend::cross_entropy`](crate::Backend::cross_entropy):
+/// `logits` (and `dlogits`, when asked for) are `[rows, vocab]`, `targets`
+/// and `loss` `rows` long, and a vocabulary of at least one entry when there
+/// are rows.
+#[track_caller]
+pub fn cross_entropy(
+    backend: &str,
+    [logits, targets, loss]: [usize; 3],
+    dlogits: Option<usize>,
+    rows: usize,
+    vocab: usize,
+) {
+    let op = "cross_entropy";
+    len(backend, op, "logits", logits, rows * vocab);
+    len(backend, op, "targets", targets, rows);
+    len(backend, op, "loss", loss, rows);
+    if let Some(dl) = dlogits {
+        len(backend, op, "dlogits", dl, rows * vocab);
+    }
+    assert!(
+        rows == 0 || vocab > 0,
+        "{backend} cross_entropy: vocab must be > 0"
+    );
+}
+
 /// The checks of [`Backend::upload_ternary`] before any row is read: at
 /// least one column and a finite scale. The error names the backend and the
 /// matrix's shape.

@@ -292,10 +292,7 @@ impl Backend for Cpu {
         dim: usize,
         eps: f32,
     ) {
-        check_len("rmsnorm", "x", x.len(), rows * dim);
-        check_len("rmsnorm", "w", w.len(), dim);
-        check_len("rmsnorm", "y", y.len(), rows * dim);
-        check_len("rmsnorm", "rstd", rstd.len(), rows);
+        contract::rmsnorm("cpu", [x.len(), w.len(), y.len(), rstd.len()], rows, dim);
         if dim == 0 {
             return;
         }
@@ -326,11 +323,13 @@ impl Backend for Cpu {
         rows: usize,
         dim: usize,
     ) {
-        check_len("rmsnorm_backward", "x", x.len(), rows * dim);
-        check_len("rmsnorm_backward", "w", w.len(), dim);
-        check_len("rmsnorm_backward", "rstd", rstd.len(), rows);
-        check_len("rmsnorm_backward", "dy", dy.len(), rows * dim);
-        check_len("rmsnorm_backward", "dx", dx.len(), rows * dim);
+        contract::rmsnorm_backward(
+            "cpu",
+            [x.len(), w.len(), rstd.len(), dy.len(), dx.len()],
+            dw.as_ref().map(|d| d.len()),
+            rows,
+            dim,
+        );
         if dim == 0 {
             return;
         }
@@ -354,7 +353,6 @@ impl Backend for Cpu {
                     }
                 });
             if let Some(dw) = dw {
-                check_len("rmsnorm_backward", "dw", dw.len(), dim);
                 dw.par_chunks_mut(256).enumerate().for_each(|(ci, dw)| {
                     let c0 = ci * 256;
                     for r in 0..rows {
@@ -447,8 +445,12 @@ impl Backend for Cpu {
     }
 
     fn gate(&self, g: &Vec<f32>, u: &Vec<f32>, y: &mut Vec<f32>, act: Activation) {
-        check_len("gate", "u", u.len(), g.len());
-        check_len("gate", "y", y.len(), g.len());
+        contract::gate(
+            "cpu",
+            "gate",
+            &["g", "u", "y"],
+            &[g.len(), u.len(), y.len()],
+        );
         self.pool.install(|| {
             y.par_chunks_mut(ELEM_CHUNK)
                 .zip(g.par_chunks(ELEM_CHUNK))
@@ -479,10 +481,12 @@ impl Backend for Cpu {
         act: Activation,
     ) {
         let n = g.len();
-        check_len("gate_backward", "u", u.len(), n);
-        check_len("gate_backward", "dy", dy.len(), n);
-        check_len("gate_backward", "dg", dg.len(), n);
-        check_len("gate_backward", "du", du.len(), n);
+        contract::gate(
+            "cpu",
+            "gate_backward",
+            &["g", "u", "dy", "dg", "du"],
+            &[n, u.len(), dy.len(), dg.len(), du.len()],
+        );
         self.pool.install(|| {
             dg.par_chunks_mut(ELEM_CHUNK)
                 .zip(du.par_chunks_mut(ELEM_CHUNK))
@@ -567,42 +571,43 @@ impl Backend for Cpu {
         vocab: usize,
         grad_scale: f32,
     ) {
-        check_len("cross_entropy", "logits", logits.len(), rows * vocab);
-        check_len("cross_entropy", "targets", targets.len(), rows);
-        check_len("cross_entropy", "loss", loss.len(), rows);
+        contract::cross_entropy(
+            "cpu",
+            [logits.len(), targets.len(), loss.len()],
+            dlogits.as_ref().map(|d| d.len()),
+            rows,
+            vocab,
+        );
         if rows == 0 {
             return;
         }
-        assert!(vocab > 0, "cpu cross_entropy: vocab must be > 0");
         let row_lse = |x: &[f32]| -> (f32, f64) {
             let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let s: f64 = x.iter().map(|&v| ((v - m) as f64).exp()).sum();
             (m, s)
         };
         self.pool.install(|| match dlogits {
-            Some(dl) => {
-                check_len("cross_entropy", "dlogits", dl.len(), rows * vocab);
-                dl.par_chunks_mut(vocab)
-                    .zip(loss.par_iter_mut())
-                    .zip(logits.par_chunks(vocab))
-                    .zip(targets.par_iter())
-                    .for_each(|(((dl, l), x), &t)| {
-                        if t == u32::MAX {
-                            *l = 0.0;
-                            dl.fill(0.0);
-                            return;
-                        }
-                        let t = t as usize;
-                        assert!(t < vocab, "cpu cross_entropy: target {t} >= vocab {vocab}");
-                        let (m, s) = row_lse(x);
-                        *l = ((m as f64 + s.ln()) - x[t] as f64) as f32;
-                        let inv = 1.0 / s;
-                        for (d, &v) in dl.iter_mut().zip(x) {
-                            *d = grad_scale * (((v - m) as f64).exp() * inv) as f32;
-                        }
-                        dl[t] -= grad_scale;
-                    })
-            }
+            Some(dl) => dl
+                .par_chunks_mut(vocab)
+                .zip(loss.par_iter_mut())
+                .zip(logits.par_chunks(vocab))
+                .zip(targets.par_iter())
+                .for_each(|(((dl, l), x), &t)| {
+                    if t == u32::MAX {
+                        *l = 0.0;
+                        dl.fill(0.0);
+                        return;
+                    }
+                    let t = t as usize;
+                    assert!(t < vocab, "cpu cross_entropy: target {t} >= vocab {vocab}");
+                    let (m, s) = row_lse(x);
+                    *l = ((m as f64 + s.ln()) - x[t] as f64) as f32;
+                    let inv = 1.0 / s;
+                    for (d, &v) in dl.iter_mut().zip(x) {
+                        *d = grad_scale * (((v - m) as f64).exp() * inv) as f32;
+                    }
+                    dl[t] -= grad_scale;
+                }),
             None => loss
                 .par_iter_mut()
                 .zip(logits.par_chunks(vocab))

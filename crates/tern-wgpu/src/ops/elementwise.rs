@@ -3,7 +3,7 @@
 //! PyTorch's operation order. Flat windows of every operand.
 
 use bytemuck::{Pod, Zeroable};
-use tern_backend::{Activation, AdamW};
+use tern_backend::{contract, Activation, AdamW};
 
 use super::ranges;
 use crate::ctx::WG;
@@ -92,8 +92,7 @@ pub(crate) fn dropout(b: &Wgpu, x: &WBuf, y: &mut WBuf, p: f32, seed: u64) {
 }
 
 pub(crate) fn gate(b: &Wgpu, g: &WBuf, u: &WBuf, y: &mut WBuf, act: Activation) {
-    assert_eq!(u.len, g.len, "wgpu gate: u length");
-    assert_eq!(y.len, g.len, "wgpu gate: y length");
+    contract::gate("wgpu", "gate", &["g", "u", "y"], &[g.len, u.len, y.len]);
     let (key, def) = match act {
         Activation::Relu2 => ("dense/gate_relu2", "GATE_RELU2"),
         Activation::Silu => ("dense/gate_silu", "GATE_SILU"),
@@ -118,10 +117,12 @@ pub(crate) fn gate_backward(
     act: Activation,
 ) {
     let n = g.len;
-    assert_eq!(u.len, n, "wgpu gate_backward: u length");
-    assert_eq!(dy.len, n, "wgpu gate_backward: dy length");
-    assert_eq!(dg.len, n, "wgpu gate_backward: dg length");
-    assert_eq!(du.len, n, "wgpu gate_backward: du length");
+    contract::gate(
+        "wgpu",
+        "gate_backward",
+        &["g", "u", "dy", "dg", "du"],
+        &[n, u.len, dy.len, dg.len, du.len],
+    );
     let (key, def) = match act {
         Activation::Relu2 => ("dense/gate_bwd_relu2", "GBWD_RELU2"),
         Activation::Silu => ("dense/gate_bwd_silu", "GBWD_SILU"),

@@ -3,6 +3,7 @@
 //! binding segment by segment (`shaders/dense_loss_seg.wgsl`).
 
 use bytemuck::{Pod, Zeroable};
+use tern_backend::contract;
 
 use super::{ranges, scratch, segments};
 use crate::ctx::WG;
@@ -52,20 +53,16 @@ pub(crate) fn cross_entropy(
     vocab: usize,
     grad_scale: f32,
 ) {
-    assert_eq!(
-        logits.len,
-        rows * vocab,
-        "wgpu cross_entropy: logits length"
+    contract::cross_entropy(
+        "wgpu",
+        [logits.len, targets.len, loss.len],
+        dlogits.as_ref().map(|d| d.len),
+        rows,
+        vocab,
     );
-    assert_eq!(targets.len, rows, "wgpu cross_entropy: targets length");
-    assert_eq!(loss.len, rows, "wgpu cross_entropy: loss length");
-    if let Some(dl) = &dlogits {
-        assert_eq!(dl.len, rows * vocab, "wgpu cross_entropy: dlogits length");
-    }
     if rows == 0 {
         return;
     }
-    assert!(vocab > 0, "wgpu cross_entropy: vocab must be > 0");
     let wn = b.ctx.window_elems();
     if vocab <= wn {
         let grad = dlogits.is_some();

@@ -5,6 +5,7 @@
 //! (`shaders/dense_colsum.wgsl`).
 
 use bytemuck::{Pod, Zeroable};
+use tern_backend::contract;
 
 use super::reduce::reduce_segment;
 use super::{ranges, scratch, segments};
@@ -64,10 +65,7 @@ pub(crate) fn rmsnorm(
     dim: usize,
     eps: f32,
 ) {
-    assert_eq!(x.len, rows * dim, "wgpu rmsnorm: x length");
-    assert_eq!(w.len, dim, "wgpu rmsnorm: w length");
-    assert_eq!(y.len, rows * dim, "wgpu rmsnorm: y length");
-    assert_eq!(rstd.len, rows, "wgpu rmsnorm: rstd length");
+    contract::rmsnorm("wgpu", [x.len, w.len, y.len, rstd.len], rows, dim);
     if dim == 0 || rows == 0 {
         return;
     }
@@ -162,18 +160,14 @@ pub(crate) fn rmsnorm_backward(
     rows: usize,
     dim: usize,
 ) {
-    assert_eq!(x.len, rows * dim, "wgpu rmsnorm_backward: x length");
-    assert_eq!(w.len, dim, "wgpu rmsnorm_backward: w length");
-    assert_eq!(rstd.len, rows, "wgpu rmsnorm_backward: rstd length");
-    assert_eq!(dy.len, rows * dim, "wgpu rmsnorm_backward: dy length");
-    assert_eq!(dx.len, rows * dim, "wgpu rmsnorm_backward: dx length");
-    if dim == 0 {
-        return;
-    }
-    if let Some(dw) = &dw {
-        assert_eq!(dw.len, dim, "wgpu rmsnorm_backward: dw length");
-    }
-    if rows == 0 {
+    contract::rmsnorm_backward(
+        "wgpu",
+        [x.len, w.len, rstd.len, dy.len, dx.len],
+        dw.as_ref().map(|d| d.len),
+        rows,
+        dim,
+    );
+    if dim == 0 || rows == 0 {
         return;
     }
     let wn = b.ctx.window_elems();
