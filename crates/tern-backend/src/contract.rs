@@ -166,14 +166,96 @@ pub fn rmsnorm_backward(
     }
 }
 
-/// The checks of [`Backend::gate`](crate::Backend::gate) (`[g, u, y]`) and
-/// [`Backend::gate_backward`](crate::Backend::gate_backward) (`[g, u, dy,
-/// dg, du]`): every operand as long as `g`.
+/// The checks of an op whose operands are all as long as the first:
+/// `names[i]` must be `lens[0]` long (`copy`, `axpy`, `dropout`, `gate`
+/// with `[g, u, y]`, `gate_backward` with `[g, u, dy, dg, du]`).
 #[track_caller]
-pub fn gate(backend: &str, op: &str, names: &[&str], lens: &[usize]) {
+pub fn same_len(backend: &str, op: &str, names: &[&str], lens: &[usize]) {
     for (name, &n) in names.iter().zip(lens).skip(1) {
         len(backend, op, name, n, lens[0]);
     }
+}
+
+/// The checks of [`Backend::dropout`](crate::Backend::dropout): `y` as long
+/// as `x`, `0 <= p < 1`.
+#[track_caller]
+pub fn dropout(backend: &str, x: usize, y: usize, p: f32) {
+    same_len(backend, "dropout", &["x", "y"], &[x, y]);
+    assert!((0.0..1.0).contains(&p), "{backend} dropout: p = {p}");
+}
+
+/// The checks of [`Backend::copy_range`](crate::Backend::copy_range): both
+/// ranges inside their buffers.
+#[track_caller]
+pub fn copy_range(
+    backend: &str,
+    (src, src_off): (usize, usize),
+    (dst, dst_off): (usize, usize),
+    n: usize,
+) {
+    assert!(
+        src_off + n <= src && dst_off + n <= dst,
+        "{backend} copy_range: {n} values from {src_off} (of {src}) to {dst_off} (of {dst})"
+    );
+}
+
+/// The check of [`Backend::sum_squares`](crate::Backend::sum_squares): the
+/// slot is inside `out`.
+#[track_caller]
+pub fn sum_squares(backend: &str, out: usize, index: usize) {
+    assert!(index < out, "{backend} sum_squares: index {index} of {out}");
+}
+
+/// The checks of [`Backend::fake_quant_act`](crate::Backend::fake_quant_act):
+/// `x` and `y` are `[rows, cols]`, and rows have at least one column.
+#[track_caller]
+pub fn fake_quant_act(backend: &str, x: usize, y: usize, rows: usize, cols: usize) {
+    len(backend, "fake_quant_act", "x", x, rows * cols);
+    len(backend, "fake_quant_act", "y", y, rows * cols);
+    assert!(
+        rows == 0 || cols > 0,
+        "{backend} fake_quant_act: cols must be > 0"
+    );
+}
+
+/// The check of
+/// [`Backend::requantize_ternary`](crate::Backend::requantize_ternary): the
+/// latent weights have the matrix's `rows * cols` elements.
+#[track_caller]
+pub fn requantize_ternary(backend: &str, latent: usize, (rows, cols): (usize, usize)) {
+    len(backend, "requantize_ternary", "latent", latent, rows * cols);
+}
+
+/// The checks of [`Backend::rope`](crate::Backend::rope): `x` is `[rows,
+/// n_heads, head_dim]`, `pos` `rows` long, and head_dim even (pairs).
+#[track_caller]
+pub fn rope(backend: &str, x: usize, pos: usize, rows: usize, n_heads: usize, head_dim: usize) {
+    len(backend, "rope", "x", x, rows * n_heads * head_dim);
+    len(backend, "rope", "pos", pos, rows);
+    assert!(
+        head_dim % 2 == 0,
+        "{backend} rope: head_dim {head_dim} must be even"
+    );
+}
+
+/// The checks of [`Backend::embedding`](crate::Backend::embedding) (`rows`:
+/// `y`) and
+/// [`Backend::embedding_backward`](crate::Backend::embedding_backward)
+/// (`rows`: `dy`, `table`: `dtable`): the rows are `[ids, dim]` and the
+/// table whole rows of `dim > 0`. Returns the vocabulary size.
+#[track_caller]
+pub fn embedding(backend: &str, op: &str, [table, ids, rows]: [usize; 3], dim: usize) -> usize {
+    let (t, r) = if op == "embedding" {
+        ("table", "y")
+    } else {
+        ("dtable", "dy")
+    };
+    len(backend, op, r, rows, ids * dim);
+    assert!(
+        dim > 0 && table % dim == 0,
+        "{backend} {op}: {t} length {table} vs dim {dim}"
+    );
+    table / dim
 }
 
 /// The checks of [`Backend::cross_entropy`](crate::Backend::cross_entropy):

@@ -281,7 +281,7 @@ impl Backend for Wgpu {
         ops::gemm::matmul(self, a, b, c, g)
     }
     fn copy(&self, x: &WBuf, y: &mut WBuf) {
-        assert_eq!(x.len, y.len, "copy: lengths");
+        tern_backend::contract::same_len("wgpu", "copy", &["x", "y"], &[x.len, y.len]);
         ops::basic::copy_range(self, x, 0, y, 0, x.len);
     }
     fn axpy(&self, alpha: f32, x: &WBuf, y: &mut WBuf) {

@@ -174,22 +174,15 @@ impl Backend for Cpu {
     }
 
     fn requantize_ternary(&self, latent: &Vec<f32>, w: &mut CpuTernary) {
-        check_len(
-            "requantize_ternary",
-            "latent",
-            latent.len(),
-            w.rows * w.cols,
-        );
+        contract::requantize_ternary("cpu", latent.len(), (w.rows, w.cols));
         self.pool.install(|| ternary::requantize(latent, w));
     }
 
     fn fake_quant_act(&self, x: &Vec<f32>, y: &mut Vec<f32>, rows: usize, cols: usize) {
-        check_len("fake_quant_act", "x", x.len(), rows * cols);
-        check_len("fake_quant_act", "y", y.len(), rows * cols);
+        contract::fake_quant_act("cpu", x.len(), y.len(), rows, cols);
         if rows == 0 {
             return;
         }
-        assert!(cols > 0, "cpu fake_quant_act: cols must be > 0");
         self.pool.install(|| {
             y.par_chunks_mut(cols * ROW_CHUNK)
                 .zip(x.par_chunks(cols * ROW_CHUNK))
@@ -206,11 +199,11 @@ impl Backend for Cpu {
     }
 
     fn copy(&self, x: &Vec<f32>, y: &mut Vec<f32>) {
-        check_len("copy", "y", y.len(), x.len());
+        contract::same_len("cpu", "copy", &["x", "y"], &[x.len(), y.len()]);
         y.copy_from_slice(x);
     }
     fn axpy(&self, alpha: f32, x: &Vec<f32>, y: &mut Vec<f32>) {
-        check_len("axpy", "y", y.len(), x.len());
+        contract::same_len("cpu", "axpy", &["x", "y"], &[x.len(), y.len()]);
         self.pool.install(|| {
             y.par_chunks_mut(ELEM_CHUNK)
                 .zip(x.par_chunks(ELEM_CHUNK))
@@ -238,21 +231,12 @@ impl Backend for Cpu {
         dst_off: usize,
         n: usize,
     ) {
-        assert!(
-            src_off + n <= src.len() && dst_off + n <= dst.len(),
-            "cpu copy_range: {n} values from {src_off} (of {}) to {dst_off} (of {})",
-            src.len(),
-            dst.len()
-        );
+        contract::copy_range("cpu", (src.len(), src_off), (dst.len(), dst_off), n);
         dst[dst_off..dst_off + n].copy_from_slice(&src[src_off..src_off + n]);
     }
 
     fn sum_squares(&self, x: &Vec<f32>, out: &mut Vec<f32>, index: usize) {
-        assert!(
-            index < out.len(),
-            "cpu sum_squares: index {index} of {}",
-            out.len()
-        );
+        contract::sum_squares("cpu", out.len(), index);
         let s: f64 = self.pool.install(|| {
             // Fixed chunks summed in order: independent of the thread count.
             let parts: Vec<f64> = x
@@ -265,8 +249,7 @@ impl Backend for Cpu {
     }
 
     fn dropout(&self, x: &Vec<f32>, y: &mut Vec<f32>, p: f32, seed: u64) {
-        check_len("dropout", "y", y.len(), x.len());
-        assert!((0.0..1.0).contains(&p), "cpu dropout: p = {p}");
+        contract::dropout("cpu", x.len(), y.len(), p);
         let scale = 1.0 / (1.0 - p);
         self.pool.install(|| {
             y.par_chunks_mut(ELEM_CHUNK)
@@ -378,12 +361,7 @@ impl Backend for Cpu {
         theta: f32,
         inverse: bool,
     ) {
-        check_len("rope", "x", x.len(), rows * n_heads * head_dim);
-        check_len("rope", "pos", pos.len(), rows);
-        assert!(
-            head_dim % 2 == 0,
-            "cpu rope: head_dim {head_dim} must be even"
-        );
+        contract::rope("cpu", x.len(), pos.len(), rows, n_heads, head_dim);
         if rows == 0 || n_heads == 0 || head_dim == 0 {
             return;
         }
@@ -445,7 +423,7 @@ impl Backend for Cpu {
     }
 
     fn gate(&self, g: &Vec<f32>, u: &Vec<f32>, y: &mut Vec<f32>, act: Activation) {
-        contract::gate(
+        contract::same_len(
             "cpu",
             "gate",
             &["g", "u", "y"],
@@ -481,7 +459,7 @@ impl Backend for Cpu {
         act: Activation,
     ) {
         let n = g.len();
-        contract::gate(
+        contract::same_len(
             "cpu",
             "gate_backward",
             &["g", "u", "dy", "dg", "du"],
@@ -518,13 +496,7 @@ impl Backend for Cpu {
     }
 
     fn embedding(&self, table: &Vec<f32>, ids: &Vec<u32>, y: &mut Vec<f32>, dim: usize) {
-        check_len("embedding", "y", y.len(), ids.len() * dim);
-        assert!(
-            dim > 0 && table.len() % dim == 0,
-            "cpu embedding: table length {} vs dim {dim}",
-            table.len()
-        );
-        let vocab = table.len() / dim;
+        let vocab = contract::embedding("cpu", "embedding", [table.len(), ids.len(), y.len()], dim);
         self.pool.install(|| {
             y.par_chunks_mut(dim)
                 .zip(ids.par_iter())
@@ -538,13 +510,12 @@ impl Backend for Cpu {
     }
 
     fn embedding_backward(&self, ids: &Vec<u32>, dy: &Vec<f32>, dtable: &mut Vec<f32>, dim: usize) {
-        check_len("embedding_backward", "dy", dy.len(), ids.len() * dim);
-        assert!(
-            dim > 0 && dtable.len() % dim == 0,
-            "cpu embedding_backward: dtable length {} vs dim {dim}",
-            dtable.len()
+        let vocab = contract::embedding(
+            "cpu",
+            "embedding_backward",
+            [dtable.len(), ids.len(), dy.len()],
+            dim,
         );
-        let vocab = dtable.len() / dim;
         // In row order, so repeated ids accumulate deterministically.
         for (r, &id) in ids.iter().enumerate() {
             let id = id as usize;

@@ -1,6 +1,7 @@
 //! Memory and element-wise ops.
 
 use bytemuck::{Pod, Zeroable};
+use tern_backend::contract;
 
 use crate::ctx::WG;
 use crate::shader::preprocess;
@@ -31,7 +32,7 @@ fn params(n: usize, sx: u32, sy: u32, alpha: f32) -> BasicParams {
 pub(crate) const BASIC: &str = include_str!("../shaders/basic.wgsl");
 
 pub(crate) fn axpy(b: &Wgpu, alpha: f32, x: &WBuf, y: &mut WBuf) {
-    assert_eq!(x.len, y.len, "axpy: lengths");
+    contract::same_len("wgpu", "axpy", &["x", "y"], &[x.len, y.len]);
     let pipe = b
         .ctx
         .pipeline("basic/axpy", || preprocess(BASIC, &["AXPY"], &[]));
@@ -92,10 +93,7 @@ pub(crate) fn copy_range(
     dst_off: usize,
     n: usize,
 ) {
-    assert!(
-        src_off + n <= src.len && dst_off + n <= dst.len,
-        "copy_range: out of range"
-    );
+    contract::copy_range("wgpu", (src.len, src_off), (dst.len, dst_off), n);
     let pipe = b
         .ctx
         .pipeline("basic/copy", || preprocess(BASIC, &["COPY"], &[]));

@@ -70,8 +70,7 @@ fn elementwise(
 }
 
 pub(crate) fn dropout(b: &Wgpu, x: &WBuf, y: &mut WBuf, p: f32, seed: u64) {
-    assert_eq!(x.len, y.len, "wgpu dropout: lengths");
-    assert!((0.0..1.0).contains(&p), "wgpu dropout: p = {p}");
+    contract::dropout("wgpu", x.len, y.len, p);
     let scale = 1.0 / (1.0 - p);
     let threshold = ((p as f64) * 4_294_967_296.0).min(u32::MAX as f64) as u32;
     elementwise(
@@ -92,7 +91,7 @@ pub(crate) fn dropout(b: &Wgpu, x: &WBuf, y: &mut WBuf, p: f32, seed: u64) {
 }
 
 pub(crate) fn gate(b: &Wgpu, g: &WBuf, u: &WBuf, y: &mut WBuf, act: Activation) {
-    contract::gate("wgpu", "gate", &["g", "u", "y"], &[g.len, u.len, y.len]);
+    contract::same_len("wgpu", "gate", &["g", "u", "y"], &[g.len, u.len, y.len]);
     let (key, def) = match act {
         Activation::Relu2 => ("dense/gate_relu2", "GATE_RELU2"),
         Activation::Silu => ("dense/gate_silu", "GATE_SILU"),
@@ -117,7 +116,7 @@ pub(crate) fn gate_backward(
     act: Activation,
 ) {
     let n = g.len;
-    contract::gate(
+    contract::same_len(
         "wgpu",
         "gate_backward",
         &["g", "u", "dy", "dg", "du"],

@@ -3,6 +3,7 @@
 //! first, then adds each id's chain in row order (bit-identical to the CPU).
 
 use bytemuck::{Pod, Zeroable};
+use tern_backend::contract;
 
 use super::{ranges, rows_per_window, scratch};
 use crate::ctx::WG;
@@ -28,13 +29,7 @@ pub(crate) struct EmbedParams {
 }
 
 pub(crate) fn embedding(b: &Wgpu, table: &WBuf, ids: &WIds, y: &mut WBuf, dim: usize) {
-    assert_eq!(y.len, ids.len * dim, "wgpu embedding: y length");
-    assert!(
-        dim > 0 && table.len % dim == 0,
-        "wgpu embedding: table length {} vs dim {dim}",
-        table.len
-    );
-    let vocab = table.len / dim;
+    let vocab = contract::embedding("wgpu", "embedding", [table.len, ids.len, y.len], dim);
     let rows = ids.len;
     if rows == 0 || vocab == 0 {
         return;
@@ -72,13 +67,12 @@ pub(crate) fn embedding(b: &Wgpu, table: &WBuf, ids: &WIds, y: &mut WBuf, dim: u
 }
 
 pub(crate) fn embedding_backward(b: &Wgpu, ids: &WIds, dy: &WBuf, dtable: &mut WBuf, dim: usize) {
-    assert_eq!(dy.len, ids.len * dim, "wgpu embedding_backward: dy length");
-    assert!(
-        dim > 0 && dtable.len % dim == 0,
-        "wgpu embedding_backward: dtable length {} vs dim {dim}",
-        dtable.len
+    let vocab = contract::embedding(
+        "wgpu",
+        "embedding_backward",
+        [dtable.len, ids.len, dy.len],
+        dim,
     );
-    let vocab = dtable.len / dim;
     let rows = ids.len;
     if rows == 0 || vocab == 0 {
         return;

@@ -3,6 +3,7 @@
 //! the row ops use when a row exceeds one binding.
 
 use bytemuck::{Pod, Zeroable};
+use tern_backend::contract;
 
 use super::scratch;
 use crate::shader::preprocess;
@@ -29,11 +30,7 @@ const RED_PER: usize = 16384;
 const RED_ONE: usize = 65536;
 
 pub(crate) fn sum_squares(b: &Wgpu, x: &WBuf, out: &mut WBuf, index: usize) {
-    assert!(
-        index < out.len,
-        "wgpu sum_squares: index {index} of {}",
-        out.len
-    );
+    contract::sum_squares("wgpu", out.len, index);
     let w = b.ctx.window_elems();
     let mut src = x.buf.clone();
     let mut len = x.len;

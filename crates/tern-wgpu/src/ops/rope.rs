@@ -5,6 +5,7 @@
 //! head rows.
 
 use bytemuck::{Pod, Zeroable};
+use tern_backend::contract;
 
 use crate::shader::preprocess;
 use crate::{WBuf, WIds, Wgpu};
@@ -52,12 +53,7 @@ pub(crate) fn rope(
     theta: f32,
     inverse: bool,
 ) {
-    assert_eq!(x.len, rows * n_heads * head_dim, "wgpu rope: x length");
-    assert_eq!(pos.len, rows, "wgpu rope: pos length");
-    assert!(
-        head_dim % 2 == 0,
-        "wgpu rope: head_dim {head_dim} must be even"
-    );
+    contract::rope("wgpu", x.len, pos.len, rows, n_heads, head_dim);
     if rows == 0 || n_heads == 0 || head_dim == 0 {
         return;
     }

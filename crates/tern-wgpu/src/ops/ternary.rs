@@ -566,12 +566,10 @@ fn quantize(b: &Wgpu, x: &wgpu::Buffer, rows: usize, cols: usize, st: &wgpu::Buf
 }
 
 pub(crate) fn fake_quant_act(b: &Wgpu, x: &WBuf, y: &mut WBuf, rows: usize, cols: usize) {
-    assert_eq!(x.len, rows * cols, "fake_quant_act: x length");
-    assert_eq!(y.len, rows * cols, "fake_quant_act: y length");
+    contract::fake_quant_act("wgpu", x.len, y.len, rows, cols);
     if rows == 0 {
         return;
     }
-    assert!(cols > 0, "fake_quant_act: cols must be > 0");
     let st = b.ctx.scratch_or_defer("ternary/stats", (rows * 16) as u64);
     quantize(b, &x.buf, rows, cols, &st, QOut::Fake(&y.buf));
 }
@@ -1063,7 +1061,7 @@ fn requant_source(name: &str, wgs: u32) -> String {
 pub(crate) fn requantize_ternary(b: &Wgpu, latent: &WBuf, w: &mut WTernary) {
     let (rows, cols, wpr) = (w.rows, w.cols, w.wpr);
     let n = rows * cols;
-    assert_eq!(latent.len, n, "requantize_ternary: latent length");
+    contract::requantize_ternary("wgpu", latent.len, (rows, cols));
     if n == 0 {
         return;
     }
