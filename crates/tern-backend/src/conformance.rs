@@ -2,7 +2,7 @@
 //! for every implementation through [`conformance_tests!`](crate::conformance_tests).
 //!
 //! Oracles, never the backend agreeing with itself:
-//! - [`reference`]: a scalar implementation of every op written with plain
+//! - [`reference`](mod@reference): a scalar implementation of every op written with plain
 //!   loops and f64 arithmetic. Integer paths are compared bit for bit (the
 //!   ternary product against an i64 dot of the codes and the int8 activations
 //!   that tern-tensor's normative quantizer produces, then the contract's float
@@ -21,6 +21,7 @@
 //! `conformance_tests!(match Wgpu::new() { Ok(b) => b, Err(e) => { eprintln!("skipped: {e}"); return; } })`.
 
 use crate::{Activation, AdamW, AttnDims, Backend, Gemm, TernaryCodes};
+use tern_tensor::rng::SplitMix64;
 
 /// Stamps one `#[test]` per conformance check, each building the backend
 /// with `$ctor` and calling the check. Use inside a module to stamp several
@@ -73,27 +74,14 @@ macro_rules! conformance_tests {
 // ---------------------------------------------------------------------------
 // helpers
 
-/// SplitMix64: a small, fixed, dependency-free generator for test inputs.
-pub struct Rng(u64);
+/// The generator of the suite's inputs: tern's [`SplitMix64`] stream (its
+/// `next_u64`, `uniform`, `below` through `Deref`) with the two input shapes
+/// the suite draws, [`Rng::vec`] and [`Rng::codes`].
+pub struct Rng(SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[lo, hi)`.
-    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        lo + (hi - lo) * u
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
+        Rng(SplitMix64::new(seed))
     }
     pub fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
         (0..n).map(|_| self.uniform(lo, hi)).collect()
@@ -111,6 +99,19 @@ impl Rng {
                 }
             })
             .collect()
+    }
+}
+
+impl std::ops::Deref for Rng {
+    type Target = SplitMix64;
+    fn deref(&self) -> &SplitMix64 {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Rng {
+    fn deref_mut(&mut self) -> &mut SplitMix64 {
+        &mut self.0
     }
 }
 
@@ -178,6 +179,24 @@ pub fn fd_grad(f: impl Fn(&[f64]) -> f64, x: &[f64], h: f64) -> Vec<f64> {
             (fp - fm) / (2.0 * h)
         })
         .collect()
+}
+
+/// Central finite-difference gradients of `L = Σ dy ⊙ f(inputs)` with
+/// respect to each of the inputs (the others held fixed).
+pub fn fd_grads<const N: usize>(
+    f: impl Fn([&[f64]; N]) -> Vec<f64>,
+    inputs: [&[f64]; N],
+    dy: &[f64],
+    h: f64,
+) -> [Vec<f64>; N] {
+    std::array::from_fn(|i| {
+        let loss = |x: &[f64]| {
+            let mut args = inputs;
+            args[i] = x;
+            weighted(dy, &f(args))
+        };
+        fd_grad(loss, inputs[i], h)
+    })
 }
 
 fn weighted(dy: &[f64], y: &[f64]) -> f64 {
@@ -875,19 +894,10 @@ pub fn matmul_gradients_fd<B: Backend>(b: &B) {
             let c0 = rng.vec(m * n, -1.0, 1.0);
             let gr = rng.vec(m * n, -1.0, 1.0);
             let (a64, b64, c64, g64) = (f64s(&a), f64s(&bm), f64s(&c0), f64s(&gr));
-            let want_da = fd_grad(
-                |x| weighted(&g64, &reference::matmul(x, &b64, &c64, g).0),
-                &a64,
-                1e-3,
-            );
-            let want_db = fd_grad(
-                |x| weighted(&g64, &reference::matmul(&a64, x, &c64, g).0),
-                &b64,
-                1e-3,
-            );
-            let want_dc = fd_grad(
-                |x| weighted(&g64, &reference::matmul(&a64, &b64, x, g).0),
-                &c64,
+            let [want_da, want_db, want_dc] = fd_grads(
+                |[a, bm, c]| reference::matmul(a, bm, c, g).0,
+                [&a64, &b64, &c64],
+                &g64,
                 1e-3,
             );
             let (ab, bb, gb) = (up(b, &a), up(b, &bm), up(b, &gr));
@@ -1129,14 +1139,10 @@ pub fn rmsnorm_backward_fd<B: Backend>(b: &B) {
     let w = rng.vec(dim, 0.5, 1.5);
     let dy = rng.vec(rows * dim, -1.0, 1.0);
     let (x64, w64, dy64) = (f64s(&x), f64s(&w), f64s(&dy));
-    let want_dx = fd_grad(
-        |x| weighted(&dy64, &reference::rmsnorm(x, &w64, rows, dim, eps as f64).0),
-        &x64,
-        1e-5,
-    );
-    let want_dw = fd_grad(
-        |w| weighted(&dy64, &reference::rmsnorm(&x64, w, rows, dim, eps as f64).0),
-        &w64,
+    let [want_dx, want_dw] = fd_grads(
+        |[x, w]| reference::rmsnorm(x, w, rows, dim, eps as f64).0,
+        [&x64, &w64],
+        &dy64,
         1e-5,
     );
     let (xb, wb, dyb) = (up(b, &x), up(b, &w), up(b, &dy));
@@ -1232,9 +1238,11 @@ pub fn rope_backward_fd<B: Backend>(b: &B) {
 // ---------------------------------------------------------------------------
 // attention
 
-fn attn_inputs(rng: &mut Rng, d: AttnDims) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let q = rng.vec(d.batch * d.n_new * d.n_heads * d.head_dim, -1.5, 1.5);
-    let nk = d.batch * d.kv_len * d.n_kv_heads * d.head_dim;
+/// Attention inputs `(q, k, v)` for `d`, uniform in `[-1.5, 1.5)`; the cache
+/// rows past `n_past + n_new` hold NaN, so a kernel reading them fails.
+pub fn attn_inputs(rng: &mut Rng, d: AttnDims) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let q = rng.vec(d.q_len(), -1.5, 1.5);
+    let nk = d.k_len();
     let mut k = rng.vec(nk, -1.5, 1.5);
     let mut v = rng.vec(nk, -1.5, 1.5);
     // rows past n_past + n_new are unused cache capacity: NaN catches reads
@@ -1405,19 +1413,10 @@ pub fn attention_backward_fd<B: Backend>(b: &B) {
     let (q, k, v) = attn_inputs(&mut rng, d);
     let dout = rng.vec(q.len(), -1.0, 1.0);
     let (q64, k64, v64, do64) = (f64s(&q), f64s(&k), f64s(&v), f64s(&dout));
-    let want_dq = fd_grad(
-        |x| weighted(&do64, &reference::attention(x, &k64, &v64, d).0),
-        &q64,
-        1e-5,
-    );
-    let want_dk = fd_grad(
-        |x| weighted(&do64, &reference::attention(&q64, x, &v64, d).0),
-        &k64,
-        1e-5,
-    );
-    let want_dv = fd_grad(
-        |x| weighted(&do64, &reference::attention(&q64, &k64, x, d).0),
-        &v64,
+    let [want_dq, want_dk, want_dv] = fd_grads(
+        |[q, k, v]| reference::attention(q, k, v, d).0,
+        [&q64, &k64, &v64],
+        &do64,
         1e-5,
     );
     let (qb, kb, vb) = (up(b, &q), up(b, &k), up(b, &v));
@@ -1486,14 +1485,10 @@ pub fn gate_backward_fd<B: Backend>(b: &B) {
     let dy = rng.vec(n, -1.0, 1.0);
     let (g64, u64_, dy64) = (f64s(&g), f64s(&u), f64s(&dy));
     for act in [Activation::Relu2, Activation::Silu] {
-        let want_dg = fd_grad(
-            |x| weighted(&dy64, &reference::gate(x, &u64_, act)),
-            &g64,
-            1e-5,
-        );
-        let want_du = fd_grad(
-            |x| weighted(&dy64, &reference::gate(&g64, x, act)),
-            &u64_,
+        let [want_dg, want_du] = fd_grads(
+            |[g, u]| reference::gate(g, u, act),
+            [&g64, &u64_],
+            &dy64,
             1e-5,
         );
         let mut dg = up(b, &vec![f32::NAN; n]);

@@ -1,6 +1,38 @@
 //! The backend trait: every op BitNet inference and LoRA/QAT training need,
 //! as forward/backward pairs over device buffers.
 //!
+//! ```
+//! use tern_backend::{Backend, Cpu, Gemm, TernaryCodes};
+//!
+//! let b = Cpu::new();
+//! // C = A B with A [2, 3] and B [3, 2]
+//! let a = b.upload(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])?;
+//! let m = b.upload(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0])?;
+//! let mut c = b.zeros(4)?;
+//! b.matmul(&a, &m, &mut c, Gemm::new(2, 3, 2));
+//! assert_eq!(b.download(&c)?, [4.0, 5.0, 10.0, 11.0]);
+//!
+//! // BitLinear: ternary codes times int8-quantized activations, times the
+//! // scale. x = [127, -127] quantizes exactly (a = 1), so y = codes · x.
+//! let w = b.upload_ternary(&TernaryCodes {
+//!     rows: 2,
+//!     cols: 2,
+//!     codes: vec![1i8, 0, -1, 1],
+//!     scale: 0.5,
+//! })?;
+//! let x = b.upload(&[127.0, -127.0])?;
+//! let mut y = b.zeros(2)?;
+//! b.ternary_matmul(&w, &x, &mut y, 1);
+//! assert_eq!(b.download(&y)?, [63.5, -127.0]);
+//! # Ok::<(), tern_backend::BackendError>(())
+//! ```
+//!
+//! A new implementation is a type with the associated buffer types, the
+//! memory calls and the op set; it proves it honours the contract by
+//! stamping the conformance suite ([`conformance_tests!`]) in its tests.
+//! `examples/custom_backend.rs` is one (a decorator over [`Cpu`] that counts
+//! ops), run through the whole suite by `tests/custom_backend.rs`.
+//!
 //! Contract (what every implementation, CPU or wgpu, must honour):
 //! - Buffers are associated types; host <-> device copies happen only in
 //!   `upload*` and `download*`. Ops take their outputs as `&mut` buffers that
@@ -11,7 +43,8 @@
 //! - Shapes are passed explicitly; buffers are row-major with the innermost
 //!   dimension last (`[rows, cols]`). Ops check lengths and panic on a
 //!   mismatch: shapes come from the model code, never from user input, which is
-//!   validated before it reaches a backend.
+//!   validated before it reaches a backend. The shared checks are in
+//!   [`contract`], so every implementation refuses the same calls alike.
 //! - Backward ops OVERWRITE their input-gradient outputs unless the doc says
 //!   "accumulates" (weight gradients, embedding scatter-add).
 //! - Integer paths (ternary codes times int8 activations, i32 accumulation) are
@@ -19,6 +52,7 @@
 //!   tolerance and against finite differences ([`conformance`]).
 
 pub mod conformance;
+pub mod contract;
 pub mod cpu;
 
 pub use cpu::Cpu;

@@ -89,15 +89,7 @@ fn float_ops_identical_across_threads() {
     let dy = rng.vec(rows * out, -1.0, 1.0);
     let a = rng.vec(rows * cols, -1.0, 1.0);
     let bm = rng.vec(cols * out, -1.0, 1.0);
-    let g = tern_backend::Gemm {
-        m: rows,
-        k: cols,
-        n: out,
-        trans_a: false,
-        trans_b: false,
-        alpha: 1.0,
-        beta: 0.0,
-    };
+    let g = tern_backend::Gemm::new(rows, cols, out);
     let mut res = Vec::new();
     for b in [&b1, &b2] {
         let w = b.upload_ternary(&src).unwrap();

@@ -78,6 +78,9 @@ pub(crate) struct Kernel {
     name: String,
     layout: wgpu::BindGroupLayout,
     id: usize,
+    /// Bytes of its WGSL parameter struct (naga's layout): every dispatch
+    /// passes a Rust struct of exactly this size.
+    params_size: u32,
 }
 
 #[derive(PartialEq, Eq, Hash)]
@@ -86,31 +89,45 @@ struct BindKey {
     views: Vec<(wgpu::Buffer, u64, u64)>,
 }
 
-/// `(binding, read_only)` of every `var<storage, ...>` declaration in a
-/// WGSL source (group 0), with `//` comments removed first.
-fn storage_bindings(code: &str) -> Vec<(u32, bool)> {
-    let text: String = code
-        .lines()
-        .map(|l| l.split("//").next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut out = Vec::new();
-    let mut rest = text.as_str();
-    while let Some(at) = rest.find("@binding(") {
-        rest = &rest[at + 9..];
-        let Some(close) = rest.find(')') else { break };
-        let Ok(binding) = rest[..close].trim().parse::<u32>() else {
-            continue;
-        };
-        // the declaration this attribute belongs to ends at the next ';'
-        let decl = &rest[..rest.find(';').unwrap_or(rest.len())];
-        if let Some(v) = decl.find("var<storage") {
-            let access = &decl[v..decl[v..].find('>').map_or(decl.len(), |e| v + e)];
-            out.push((binding, !access.contains("read_write")));
-        }
-    }
-    out.sort_unstable();
-    out
+/// Why no wgpu backend could be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum WgpuError {
+    /// wgpu sees no adapter at all (no Vulkan, Metal or DX12 driver).
+    #[error(
+        "no GPU adapter found (Vulkan, Metal or DX12); on Linux without a GPU install \
+         Mesa's lavapipe: apt-get install -y mesa-vulkan-drivers libvulkan1"
+    )]
+    NoAdapter,
+    /// [`WgpuOptions::adapter`] names no adapter.
+    #[error("no adapter matches {wanted:?}; available: {}", .available.join("; "))]
+    NoMatch {
+        /// The name asked for.
+        wanted: String,
+        /// Every adapter found: name, backend, device type.
+        available: Vec<String>,
+    },
+    /// [`WgpuOptions::force_fallback`] and no software adapter.
+    #[error("no fallback (software) adapter; available: {}", .available.join("; "))]
+    NoFallback {
+        /// Every adapter found: name, backend, device type.
+        available: Vec<String>,
+    },
+    /// The adapter refused the device tern asked for.
+    #[error(
+        "{adapter}: could not open the device (asked for features {features}, buffers up to \
+         {max_buffer} bytes, storage bindings up to {max_binding} bytes): {source}"
+    )]
+    RequestDevice {
+        /// The adapter's name.
+        adapter: String,
+        /// The features asked for.
+        features: String,
+        /// The `max_buffer_size` limit asked for (the adapter's own).
+        max_buffer: u64,
+        /// The `max_storage_buffer_binding_size` limit asked for.
+        max_binding: u64,
+        source: Box<wgpu::RequestDeviceError>,
+    },
 }
 
 /// How to pick and configure the adapter.
@@ -233,17 +250,13 @@ fn backend_name(info: &wgpu::AdapterInfo) -> String {
 }
 
 impl Ctx {
-    pub fn new(opts: &WgpuOptions) -> Result<Ctx, String> {
+    pub fn new(opts: &WgpuOptions) -> Result<Ctx, WgpuError> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = desc_backends();
         let instance = wgpu::Instance::new(desc);
         let adapters = pollster::block_on(instance.enumerate_adapters(desc_backends()));
         if adapters.is_empty() {
-            return Err(
-                "no GPU adapter found (Vulkan, Metal or DX12); on Linux without a GPU install \
-                 Mesa's lavapipe: apt-get install -y mesa-vulkan-drivers libvulkan1"
-                    .to_string(),
-            );
+            return Err(WgpuError::NoAdapter);
         }
         let names: Vec<String> = adapters
             .iter()
@@ -257,22 +270,16 @@ impl Ctx {
             adapters
                 .into_iter()
                 .find(|a| a.get_info().name.to_lowercase().contains(&want))
-                .ok_or_else(|| {
-                    format!(
-                        "no adapter matches {:?}; available: {}",
-                        opts.adapter.as_deref().unwrap_or(""),
-                        names.join("; ")
-                    )
+                .ok_or_else(|| WgpuError::NoMatch {
+                    wanted: opts.adapter.clone().unwrap_or_default(),
+                    available: names.clone(),
                 })?
         } else if opts.force_fallback {
             adapters
                 .into_iter()
                 .find(|a| a.get_info().device_type == wgpu::DeviceType::Cpu)
-                .ok_or_else(|| {
-                    format!(
-                        "no fallback (software) adapter; available: {}",
-                        names.join("; ")
-                    )
+                .ok_or_else(|| WgpuError::NoFallback {
+                    available: names.clone(),
                 })?
         } else {
             // Discrete, then integrated, then anything else.
@@ -308,7 +315,13 @@ impl Ctx {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
-        .map_err(|e| format!("{}: could not open the device: {e}", info.name))?;
+        .map_err(|source| WgpuError::RequestDevice {
+            adapter: info.name.clone(),
+            features: format!("{want:?}"),
+            max_buffer: adapter_limits.max_buffer_size,
+            max_binding: adapter_limits.max_storage_buffer_binding_size,
+            source: Box::new(source),
+        })?;
         let limits = device.limits();
         let features = device.features();
         let align = limits.min_storage_buffer_offset_alignment.max(4) as u64;
@@ -725,17 +738,18 @@ impl Ctx {
     /// The compute pipeline for `src` (cached under `key`). The shader's
     /// entry point is `main`; its bind group 0 holds the parameters at
     /// binding 0 (uniform) and the storage buffers at bindings 1.. in the
-    /// order the op passes them (`var<storage, read>` or `read_write`).
+    /// order the op passes them; the layout is read from the module naga
+    /// parses ([`crate::shader::reflect`]).
     pub fn pipeline(&self, key: &str, src: impl FnOnce() -> String) -> Arc<Kernel> {
         let mut cache = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = cache.get(key) {
             return p.clone();
         }
-        let mut code = String::new();
-        if self.f16 {
-            code.push_str("enable f16;\n");
-        }
-        code.push_str(&src());
+        let code = crate::shader::finish(src(), self.f16);
+        // The sources are tern's own (snapshotted and validated by the
+        // crate's tests), so a shader naga cannot read is a bug in tern.
+        let shape = crate::shader::reflect(&code)
+            .unwrap_or_else(|e| panic!("kernel {key}: invalid WGSL: {e}"));
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -754,7 +768,7 @@ impl Ctx {
             },
             count: None,
         }];
-        for (binding, read_only) in storage_bindings(&code) {
+        for &(binding, read_only) in &shape.storage {
             entries.push(wgpu::BindGroupLayoutEntry {
                 binding,
                 visibility: wgpu::ShaderStages::COMPUTE,
@@ -794,14 +808,29 @@ impl Ctx {
             name: key.to_string(),
             layout,
             id: cache.len(),
+            params_size: shape.params_size,
         });
         cache.insert(key.to_string(), k.clone());
         k
     }
 
-    /// Record one dispatch of `k` with uniform parameters `params` (32-bit
-    /// words; f32 as bits) and the storage `views` at bindings 1.. .
-    pub fn dispatch(&self, k: &Kernel, params: &[u32], views: &[View<'_>], groups: [u32; 3]) {
+    /// Record one dispatch of `k` with the uniform parameters `params` (the
+    /// `#[repr(C)]` mirror of the kernel's WGSL `struct P`) and the storage
+    /// `views` at bindings 1.. .
+    pub fn dispatch<T: bytemuck::Pod>(
+        &self,
+        k: &Kernel,
+        params: &T,
+        views: &[View<'_>],
+        groups: [u32; 3],
+    ) {
+        assert_eq!(
+            std::mem::size_of::<T>(),
+            k.params_size as usize,
+            "kernel {}: the parameter struct {} does not match the WGSL struct",
+            k.name,
+            std::any::type_name::<T>()
+        );
         if groups.contains(&0) {
             return;
         }
@@ -811,7 +840,8 @@ impl Ctx {
             groups.iter().all(|&g| g <= max),
             "dispatch {groups:?} exceeds {max} workgroups per dimension"
         );
-        assert!(params.len() * 4 <= SLOT as usize, "too many parameters");
+        let params = bytemuck::bytes_of(params);
+        assert!(params.len() <= SLOT as usize, "too many parameters");
         let mut guard = self.rec.lock().unwrap_or_else(|p| p.into_inner());
         if guard
             .as_ref()
@@ -823,7 +853,7 @@ impl Ctx {
         }
         let rec = guard.get_or_insert_with(|| self.open());
         let slot = rec.params.len() as u32;
-        rec.params.extend_from_slice(bytemuck::cast_slice(params));
+        rec.params.extend_from_slice(params);
         rec.params.resize(slot as usize + SLOT as usize, 0);
         let bg = self.bind_group(k, views);
         if rec.pass.is_none() {

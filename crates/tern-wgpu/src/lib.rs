@@ -3,23 +3,56 @@
 //! shader, packed ternary weights decoded in the shader, exact integer paths
 //! bit-identical to the CPU backend.
 //!
+//! ```
+//! use tern_backend::{Backend, Gemm};
+//! use tern_wgpu::Wgpu;
+//!
+//! // The best adapter: a discrete GPU, then an integrated one, then a
+//! // software one such as Mesa's lavapipe. Without any, there is nothing to
+//! // run on and the error says why.
+//! let gpu = match Wgpu::new() {
+//!     Ok(gpu) => gpu,
+//!     Err(e) => {
+//!         eprintln!("no wgpu device: {e}");
+//!         return Ok(());
+//!     }
+//! };
+//! let a = gpu.upload(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])?;
+//! let b = gpu.upload(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0])?;
+//! let mut c = gpu.zeros(4)?;
+//! gpu.matmul(&a, &b, &mut c, Gemm::new(2, 3, 2)); // recorded, not yet run
+//! assert_eq!(gpu.download(&c)?, [4.0, 5.0, 10.0, 11.0]); // submits and waits
+//! # Ok::<(), tern_backend::BackendError>(())
+//! ```
+//!
 //! Layout of the crate:
 //! - `ctx`: adapter, device, buffers, pipeline cache, lazy recording,
 //!   binding windows (tensors larger than one storage binding are processed
 //!   window by window), error capture.
-//! - `ops::basic`: memory and element-wise ops.
-//! - `ops::ternary`: BitLinear (packed codes, int8 activations, exact
-//!   division), its backward, re-ternarization and fake quantization.
-//! - `ops::dense`: GEMM, normalization, gating, embedding, loss, optimizer.
-//! - `ops::attention`: RoPE and tiled causal GQA attention.
-//! - `shaders/`: the WGSL sources, one file per kernel family.
+//! - `shader`: the WGSL preprocessor (`//#include` of the shared modules,
+//!   `#ifdef`, `{{...}}` slots for generated code) and the bind group layout
+//!   read from the module naga parses.
+//! - `ops`, one module per kernel family, each with the `#[repr(C)]`
+//!   parameter structs of its kernels: `basic` (memory, axpy, scale),
+//!   `ternary` (BitLinear: packed codes, int8 activations, exact division;
+//!   its backward, re-ternarization, fake quantization), `gemm`, `reduce`,
+//!   `elementwise` (dropout, gate, AdamW), `norm`, `embedding`, `loss`,
+//!   `rope`, `attention` (its code generator in `attention::codegen`).
+//! - `shaders/`: the WGSL sources, one file per kernel family, plus the
+//!   modules they include (`exact`, `attention_common`, `softmax_row`, `gemm_params`,
+//!   `ternary_product_params`, `ternary_float_params`).
+//! - `variants` (tests): every kernel the crate can build, validated by naga
+//!   and snapshotted (`src/snapshots/`).
 
 mod ctx;
 mod ops;
+mod shader;
+#[cfg(test)]
+mod variants;
 
 use std::sync::{Arc, Mutex};
 
-pub use ctx::{list_adapters, AdapterReport, WgpuOptions};
+pub use ctx::{list_adapters, AdapterReport, WgpuError, WgpuOptions};
 use tern_backend::{Activation, AdamW, AttnDims, Backend, BackendError, Gemm, TernarySource};
 
 pub use ops::ternary::WTernary;
@@ -81,19 +114,19 @@ impl Drop for WIds {
 
 impl Wgpu {
     /// The best adapter (discrete, then integrated GPU, then software).
-    pub fn new() -> Result<Wgpu, String> {
+    pub fn new() -> Result<Wgpu, WgpuError> {
         Self::with_options(&WgpuOptions::default())
     }
 
     /// Mesa lavapipe or another software adapter (CI without a GPU).
-    pub fn fallback() -> Result<Wgpu, String> {
+    pub fn fallback() -> Result<Wgpu, WgpuError> {
         Self::with_options(&WgpuOptions {
             force_fallback: true,
             ..Default::default()
         })
     }
 
-    pub fn with_options(opts: &WgpuOptions) -> Result<Wgpu, String> {
+    pub fn with_options(opts: &WgpuOptions) -> Result<Wgpu, WgpuError> {
         Ok(Wgpu {
             ctx: ctx::Ctx::new(opts)?,
         })
@@ -245,10 +278,10 @@ impl Backend for Wgpu {
     }
 
     fn matmul(&self, a: &WBuf, b: &WBuf, c: &mut WBuf, g: Gemm) {
-        ops::dense::matmul(self, a, b, c, g)
+        ops::gemm::matmul(self, a, b, c, g)
     }
     fn copy(&self, x: &WBuf, y: &mut WBuf) {
-        assert_eq!(x.len, y.len, "copy: lengths");
+        tern_backend::contract::same_len("wgpu", "copy", &["x", "y"], &[x.len, y.len]);
         ops::basic::copy_range(self, x, 0, y, 0, x.len);
     }
     fn axpy(&self, alpha: f32, x: &WBuf, y: &mut WBuf) {
@@ -258,10 +291,10 @@ impl Backend for Wgpu {
         ops::basic::scale(self, alpha, y)
     }
     fn sum_squares(&self, x: &WBuf, out: &mut WBuf, index: usize) {
-        ops::dense::sum_squares(self, x, out, index)
+        ops::reduce::sum_squares(self, x, out, index)
     }
     fn dropout(&self, x: &WBuf, y: &mut WBuf, p: f32, seed: u64) {
-        ops::dense::dropout(self, x, y, p, seed)
+        ops::elementwise::dropout(self, x, y, p, seed)
     }
     fn copy_range(&self, src: &WBuf, src_off: usize, dst: &mut WBuf, dst_off: usize, n: usize) {
         ops::basic::copy_range(self, src, src_off, dst, dst_off, n)
@@ -277,7 +310,7 @@ impl Backend for Wgpu {
         dim: usize,
         eps: f32,
     ) {
-        ops::dense::rmsnorm(self, x, w, y, rstd, rows, dim, eps)
+        ops::norm::rmsnorm(self, x, w, y, rstd, rows, dim, eps)
     }
     fn rmsnorm_backward(
         &self,
@@ -290,7 +323,7 @@ impl Backend for Wgpu {
         rows: usize,
         dim: usize,
     ) {
-        ops::dense::rmsnorm_backward(self, x, w, rstd, dy, dx, dw, rows, dim)
+        ops::norm::rmsnorm_backward(self, x, w, rstd, dy, dx, dw, rows, dim)
     }
 
     fn rope(
@@ -303,7 +336,7 @@ impl Backend for Wgpu {
         theta: f32,
         inverse: bool,
     ) {
-        ops::attention::rope(self, x, pos, rows, n_heads, head_dim, theta, inverse)
+        ops::rope::rope(self, x, pos, rows, n_heads, head_dim, theta, inverse)
     }
     fn attention(&self, q: &WBuf, k: &WBuf, v: &WBuf, out: &mut WBuf, lse: &mut WBuf, d: AttnDims) {
         ops::attention::attention(self, q, k, v, out, lse, d)
@@ -325,7 +358,7 @@ impl Backend for Wgpu {
     }
 
     fn gate(&self, g: &WBuf, u: &WBuf, y: &mut WBuf, act: Activation) {
-        ops::dense::gate(self, g, u, y, act)
+        ops::elementwise::gate(self, g, u, y, act)
     }
     fn gate_backward(
         &self,
@@ -336,14 +369,14 @@ impl Backend for Wgpu {
         du: &mut WBuf,
         act: Activation,
     ) {
-        ops::dense::gate_backward(self, g, u, dy, dg, du, act)
+        ops::elementwise::gate_backward(self, g, u, dy, dg, du, act)
     }
 
     fn embedding(&self, table: &WBuf, ids: &WIds, y: &mut WBuf, dim: usize) {
-        ops::dense::embedding(self, table, ids, y, dim)
+        ops::embedding::embedding(self, table, ids, y, dim)
     }
     fn embedding_backward(&self, ids: &WIds, dy: &WBuf, dtable: &mut WBuf, dim: usize) {
-        ops::dense::embedding_backward(self, ids, dy, dtable, dim)
+        ops::embedding::embedding_backward(self, ids, dy, dtable, dim)
     }
 
     fn cross_entropy(
@@ -356,12 +389,12 @@ impl Backend for Wgpu {
         vocab: usize,
         grad_scale: f32,
     ) {
-        ops::dense::cross_entropy(
+        ops::loss::cross_entropy(
             self, logits, targets, loss, dlogits, rows, vocab, grad_scale,
         )
     }
 
     fn adamw(&self, p: &mut WBuf, g: &WBuf, m: &mut WBuf, v: &mut WBuf, h: AdamW) {
-        ops::dense::adamw(self, p, g, m, v, h)
+        ops::elementwise::adamw(self, p, g, m, v, h)
     }
 }

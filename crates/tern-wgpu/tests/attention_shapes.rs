@@ -3,7 +3,7 @@
 //! to 256, windows down to 1 KiB, and RoPE at positions up to 3e9 — each
 //! against the CPU backend, which the conformance suite checks against the
 //! f64 reference and finite differences.
-use tern_backend::conformance::Rng;
+use tern_backend::conformance::{attn_inputs, Rng};
 use tern_backend::{AttnDims, Backend, Cpu};
 use tern_wgpu::{Wgpu, WgpuOptions};
 
@@ -38,20 +38,8 @@ fn maxerr(a: &[f32], b: &[f32]) -> f64 {
 fn run(w: &Wgpu, d: AttnDims, seed: u64, bwd: bool) {
     let c = Cpu::with_threads(2);
     let mut rng = Rng::new(seed);
-    let nq = d.batch * d.n_new * d.n_heads * d.head_dim;
-    let nk = d.batch * d.kv_len * d.n_kv_heads * d.head_dim;
-    let q = rng.vec(nq, -1.5, 1.5);
-    let mut k = rng.vec(nk, -1.5, 1.5);
-    let mut v = rng.vec(nk, -1.5, 1.5);
-    let row = d.n_kv_heads * d.head_dim;
-    for bb in 0..d.batch {
-        for j in d.n_past + d.n_new..d.kv_len {
-            let o = (bb * d.kv_len + j) * row;
-            k[o..o + row].fill(f32::NAN);
-            v[o..o + row].fill(f32::NAN);
-        }
-    }
-    let nl = d.batch * d.n_heads * d.n_new;
+    let (nq, nk, nl) = (d.q_len(), d.k_len(), d.lse_len());
+    let (q, k, v) = attn_inputs(&mut rng, d);
     let mut co = vec![0f32; nq];
     let mut cl = vec![0f32; nl];
     c.attention(&q, &k, &v, &mut co, &mut cl, d);

@@ -210,3 +210,25 @@ fn an_op_out_of_scratch_memory_reports_it_on_download() {
         Ok(_) => panic!("the op ran without its scratch buffer"),
     }
 }
+
+#[test]
+fn an_adapter_name_that_matches_nothing_is_an_error_naming_the_adapters() {
+    let opts = WgpuOptions {
+        adapter: Some("no adapter is called this".into()),
+        ..Default::default()
+    };
+    match Wgpu::with_options(&opts) {
+        Err(tern_wgpu::WgpuError::NoMatch { wanted, available }) => {
+            assert_eq!(wanted, "no adapter is called this");
+            assert!(!available.is_empty());
+            let e = Wgpu::with_options(&opts).err().expect("error").to_string();
+            assert!(e.contains(&available[0]), "{e}");
+        }
+        // a machine without any adapter
+        Err(e @ tern_wgpu::WgpuError::NoAdapter) => {
+            assert!(e.to_string().contains("lavapipe"), "{e}")
+        }
+        Err(e) => panic!("expected no match, got {e}"),
+        Ok(_) => panic!("an adapter matched a made-up name"),
+    }
+}

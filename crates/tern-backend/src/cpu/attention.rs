@@ -4,33 +4,6 @@ use rayon::prelude::*;
 
 use crate::AttnDims;
 
-fn check(d: &AttnDims, q: usize, k: usize, v: usize, out: usize, lse: usize) {
-    assert!(
-        d.n_kv_heads > 0 && d.n_heads % d.n_kv_heads == 0,
-        "cpu attention: n_heads {} is not a multiple of n_kv_heads {}",
-        d.n_heads,
-        d.n_kv_heads
-    );
-    assert!(
-        d.n_past + d.n_new <= d.kv_len,
-        "cpu attention: n_past {} + n_new {} exceeds kv_len {}",
-        d.n_past,
-        d.n_new,
-        d.kv_len
-    );
-    let nq = d.batch * d.n_new * d.n_heads * d.head_dim;
-    let nk = d.batch * d.kv_len * d.n_kv_heads * d.head_dim;
-    assert_eq!(q, nq, "cpu attention: q length");
-    assert_eq!(k, nk, "cpu attention: k length");
-    assert_eq!(v, nk, "cpu attention: v length");
-    assert_eq!(out, nq, "cpu attention: out length");
-    assert_eq!(
-        lse,
-        d.batch * d.n_heads * d.n_new,
-        "cpu attention: lse length"
-    );
-}
-
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(&x, &y)| x * y).sum()
@@ -44,7 +17,7 @@ pub(crate) fn forward(
     lse: &mut [f32],
     d: AttnDims,
 ) {
-    check(&d, q.len(), k.len(), v.len(), out.len(), lse.len());
+    d.check("cpu", q.len(), k.len(), v.len(), out.len(), lse.len());
     let AttnDims {
         batch,
         n_new,
@@ -127,18 +100,14 @@ pub(crate) fn backward(
     dv: &mut [f32],
     d: AttnDims,
 ) {
-    check(&d, q.len(), k.len(), v.len(), out.len(), lse.len());
-    assert!(
-        d.n_past == 0 && d.kv_len == d.n_new,
-        "cpu attention_backward: needs n_past = 0 and kv_len = n_new (got {} and {} vs {})",
-        d.n_past,
-        d.kv_len,
-        d.n_new
+    d.check_backward(
+        "cpu",
+        [q.len(), k.len(), v.len(), out.len(), lse.len()],
+        dout.len(),
+        dq.len(),
+        dk.len(),
+        dv.len(),
     );
-    assert_eq!(dout.len(), q.len(), "cpu attention_backward: dout length");
-    assert_eq!(dq.len(), q.len(), "cpu attention_backward: dq length");
-    assert_eq!(dk.len(), k.len(), "cpu attention_backward: dk length");
-    assert_eq!(dv.len(), v.len(), "cpu attention_backward: dv length");
     let AttnDims {
         batch,
         n_new: tn,

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 pub use ternary::CpuTernary;
 
-use crate::{Activation, AdamW, AttnDims, Backend, BackendError, Gemm, TernarySource};
+use crate::{contract, Activation, AdamW, AttnDims, Backend, BackendError, Gemm, TernarySource};
 
 /// Rows per parallel task of row-wise ops.
 const ROW_CHUNK: usize = 8;
@@ -82,10 +82,7 @@ impl Cpu {
 
 #[track_caller]
 fn check_len(op: &str, what: &str, got: usize, want: usize) {
-    assert_eq!(
-        got, want,
-        "cpu {op}: {what} has length {got}, expected {want}"
-    );
+    contract::len("cpu", op, what, got, want);
 }
 
 impl Backend for Cpu {
@@ -136,15 +133,25 @@ impl Backend for Cpu {
     }
 
     fn ternary_matmul(&self, w: &CpuTernary, x: &Vec<f32>, y: &mut Vec<f32>, rows: usize) {
-        check_len("ternary_matmul", "x", x.len(), rows * w.cols);
-        check_len("ternary_matmul", "y", y.len(), rows * w.rows);
+        contract::ternary(
+            "cpu",
+            "ternary_matmul",
+            (w.rows, w.cols),
+            (x.len(), y.len()),
+            rows,
+        );
         self.pool
             .install(|| ternary::matmul(self.kernel, w, x, y, rows));
     }
 
     fn ternary_matmul_float(&self, w: &CpuTernary, x: &Vec<f32>, y: &mut Vec<f32>, rows: usize) {
-        check_len("ternary_matmul_float", "x", x.len(), rows * w.cols);
-        check_len("ternary_matmul_float", "y", y.len(), rows * w.rows);
+        contract::ternary(
+            "cpu",
+            "ternary_matmul_float",
+            (w.rows, w.cols),
+            (x.len(), y.len()),
+            rows,
+        );
         self.pool.install(|| ternary::matmul_float(w, x, y, rows));
     }
 
@@ -155,29 +162,27 @@ impl Backend for Cpu {
         dx: &mut Vec<f32>,
         rows: usize,
     ) {
-        check_len("ternary_matmul_backward", "dy", dy.len(), rows * w.rows);
-        check_len("ternary_matmul_backward", "dx", dx.len(), rows * w.cols);
+        contract::ternary(
+            "cpu",
+            "ternary_matmul_backward",
+            (w.rows, w.cols),
+            (dy.len(), dx.len()),
+            rows,
+        );
         self.pool
             .install(|| ternary::matmul_backward(w, dy, dx, rows));
     }
 
     fn requantize_ternary(&self, latent: &Vec<f32>, w: &mut CpuTernary) {
-        check_len(
-            "requantize_ternary",
-            "latent",
-            latent.len(),
-            w.rows * w.cols,
-        );
+        contract::requantize_ternary("cpu", latent.len(), (w.rows, w.cols));
         self.pool.install(|| ternary::requantize(latent, w));
     }
 
     fn fake_quant_act(&self, x: &Vec<f32>, y: &mut Vec<f32>, rows: usize, cols: usize) {
-        check_len("fake_quant_act", "x", x.len(), rows * cols);
-        check_len("fake_quant_act", "y", y.len(), rows * cols);
+        contract::fake_quant_act("cpu", x.len(), y.len(), rows, cols);
         if rows == 0 {
             return;
         }
-        assert!(cols > 0, "cpu fake_quant_act: cols must be > 0");
         self.pool.install(|| {
             y.par_chunks_mut(cols * ROW_CHUNK)
                 .zip(x.par_chunks(cols * ROW_CHUNK))
@@ -189,18 +194,16 @@ impl Backend for Cpu {
     }
 
     fn matmul(&self, a: &Vec<f32>, b: &Vec<f32>, c: &mut Vec<f32>, g: Gemm) {
-        check_len("matmul", "a", a.len(), g.m * g.k);
-        check_len("matmul", "b", b.len(), g.k * g.n);
-        check_len("matmul", "c", c.len(), g.m * g.n);
+        g.check("cpu", a.len(), b.len(), c.len());
         self.pool.install(|| gemm(a, b, c, g));
     }
 
     fn copy(&self, x: &Vec<f32>, y: &mut Vec<f32>) {
-        check_len("copy", "y", y.len(), x.len());
+        contract::same_len("cpu", "copy", &["x", "y"], &[x.len(), y.len()]);
         y.copy_from_slice(x);
     }
     fn axpy(&self, alpha: f32, x: &Vec<f32>, y: &mut Vec<f32>) {
-        check_len("axpy", "y", y.len(), x.len());
+        contract::same_len("cpu", "axpy", &["x", "y"], &[x.len(), y.len()]);
         self.pool.install(|| {
             y.par_chunks_mut(ELEM_CHUNK)
                 .zip(x.par_chunks(ELEM_CHUNK))
@@ -228,21 +231,12 @@ impl Backend for Cpu {
         dst_off: usize,
         n: usize,
     ) {
-        assert!(
-            src_off + n <= src.len() && dst_off + n <= dst.len(),
-            "cpu copy_range: {n} values from {src_off} (of {}) to {dst_off} (of {})",
-            src.len(),
-            dst.len()
-        );
+        contract::copy_range("cpu", (src.len(), src_off), (dst.len(), dst_off), n);
         dst[dst_off..dst_off + n].copy_from_slice(&src[src_off..src_off + n]);
     }
 
     fn sum_squares(&self, x: &Vec<f32>, out: &mut Vec<f32>, index: usize) {
-        assert!(
-            index < out.len(),
-            "cpu sum_squares: index {index} of {}",
-            out.len()
-        );
+        contract::sum_squares("cpu", out.len(), index);
         let s: f64 = self.pool.install(|| {
             // Fixed chunks summed in order: independent of the thread count.
             let parts: Vec<f64> = x
@@ -255,8 +249,7 @@ impl Backend for Cpu {
     }
 
     fn dropout(&self, x: &Vec<f32>, y: &mut Vec<f32>, p: f32, seed: u64) {
-        check_len("dropout", "y", y.len(), x.len());
-        assert!((0.0..1.0).contains(&p), "cpu dropout: p = {p}");
+        contract::dropout("cpu", x.len(), y.len(), p);
         let scale = 1.0 / (1.0 - p);
         self.pool.install(|| {
             y.par_chunks_mut(ELEM_CHUNK)
@@ -282,10 +275,7 @@ impl Backend for Cpu {
         dim: usize,
         eps: f32,
     ) {
-        check_len("rmsnorm", "x", x.len(), rows * dim);
-        check_len("rmsnorm", "w", w.len(), dim);
-        check_len("rmsnorm", "y", y.len(), rows * dim);
-        check_len("rmsnorm", "rstd", rstd.len(), rows);
+        contract::rmsnorm("cpu", [x.len(), w.len(), y.len(), rstd.len()], rows, dim);
         if dim == 0 {
             return;
         }
@@ -316,11 +306,13 @@ impl Backend for Cpu {
         rows: usize,
         dim: usize,
     ) {
-        check_len("rmsnorm_backward", "x", x.len(), rows * dim);
-        check_len("rmsnorm_backward", "w", w.len(), dim);
-        check_len("rmsnorm_backward", "rstd", rstd.len(), rows);
-        check_len("rmsnorm_backward", "dy", dy.len(), rows * dim);
-        check_len("rmsnorm_backward", "dx", dx.len(), rows * dim);
+        contract::rmsnorm_backward(
+            "cpu",
+            [x.len(), w.len(), rstd.len(), dy.len(), dx.len()],
+            dw.as_ref().map(|d| d.len()),
+            rows,
+            dim,
+        );
         if dim == 0 {
             return;
         }
@@ -344,7 +336,6 @@ impl Backend for Cpu {
                     }
                 });
             if let Some(dw) = dw {
-                check_len("rmsnorm_backward", "dw", dw.len(), dim);
                 dw.par_chunks_mut(256).enumerate().for_each(|(ci, dw)| {
                     let c0 = ci * 256;
                     for r in 0..rows {
@@ -370,12 +361,7 @@ impl Backend for Cpu {
         theta: f32,
         inverse: bool,
     ) {
-        check_len("rope", "x", x.len(), rows * n_heads * head_dim);
-        check_len("rope", "pos", pos.len(), rows);
-        assert!(
-            head_dim % 2 == 0,
-            "cpu rope: head_dim {head_dim} must be even"
-        );
+        contract::rope("cpu", x.len(), pos.len(), rows, n_heads, head_dim);
         if rows == 0 || n_heads == 0 || head_dim == 0 {
             return;
         }
@@ -437,8 +423,12 @@ impl Backend for Cpu {
     }
 
     fn gate(&self, g: &Vec<f32>, u: &Vec<f32>, y: &mut Vec<f32>, act: Activation) {
-        check_len("gate", "u", u.len(), g.len());
-        check_len("gate", "y", y.len(), g.len());
+        contract::same_len(
+            "cpu",
+            "gate",
+            &["g", "u", "y"],
+            &[g.len(), u.len(), y.len()],
+        );
         self.pool.install(|| {
             y.par_chunks_mut(ELEM_CHUNK)
                 .zip(g.par_chunks(ELEM_CHUNK))
@@ -469,10 +459,12 @@ impl Backend for Cpu {
         act: Activation,
     ) {
         let n = g.len();
-        check_len("gate_backward", "u", u.len(), n);
-        check_len("gate_backward", "dy", dy.len(), n);
-        check_len("gate_backward", "dg", dg.len(), n);
-        check_len("gate_backward", "du", du.len(), n);
+        contract::same_len(
+            "cpu",
+            "gate_backward",
+            &["g", "u", "dy", "dg", "du"],
+            &[n, u.len(), dy.len(), dg.len(), du.len()],
+        );
         self.pool.install(|| {
             dg.par_chunks_mut(ELEM_CHUNK)
                 .zip(du.par_chunks_mut(ELEM_CHUNK))
@@ -504,13 +496,7 @@ impl Backend for Cpu {
     }
 
     fn embedding(&self, table: &Vec<f32>, ids: &Vec<u32>, y: &mut Vec<f32>, dim: usize) {
-        check_len("embedding", "y", y.len(), ids.len() * dim);
-        assert!(
-            dim > 0 && table.len() % dim == 0,
-            "cpu embedding: table length {} vs dim {dim}",
-            table.len()
-        );
-        let vocab = table.len() / dim;
+        let vocab = contract::embedding("cpu", "embedding", [table.len(), ids.len(), y.len()], dim);
         self.pool.install(|| {
             y.par_chunks_mut(dim)
                 .zip(ids.par_iter())
@@ -524,13 +510,12 @@ impl Backend for Cpu {
     }
 
     fn embedding_backward(&self, ids: &Vec<u32>, dy: &Vec<f32>, dtable: &mut Vec<f32>, dim: usize) {
-        check_len("embedding_backward", "dy", dy.len(), ids.len() * dim);
-        assert!(
-            dim > 0 && dtable.len() % dim == 0,
-            "cpu embedding_backward: dtable length {} vs dim {dim}",
-            dtable.len()
+        let vocab = contract::embedding(
+            "cpu",
+            "embedding_backward",
+            [dtable.len(), ids.len(), dy.len()],
+            dim,
         );
-        let vocab = dtable.len() / dim;
         // In row order, so repeated ids accumulate deterministically.
         for (r, &id) in ids.iter().enumerate() {
             let id = id as usize;
@@ -557,42 +542,43 @@ impl Backend for Cpu {
         vocab: usize,
         grad_scale: f32,
     ) {
-        check_len("cross_entropy", "logits", logits.len(), rows * vocab);
-        check_len("cross_entropy", "targets", targets.len(), rows);
-        check_len("cross_entropy", "loss", loss.len(), rows);
+        contract::cross_entropy(
+            "cpu",
+            [logits.len(), targets.len(), loss.len()],
+            dlogits.as_ref().map(|d| d.len()),
+            rows,
+            vocab,
+        );
         if rows == 0 {
             return;
         }
-        assert!(vocab > 0, "cpu cross_entropy: vocab must be > 0");
         let row_lse = |x: &[f32]| -> (f32, f64) {
             let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let s: f64 = x.iter().map(|&v| ((v - m) as f64).exp()).sum();
             (m, s)
         };
         self.pool.install(|| match dlogits {
-            Some(dl) => {
-                check_len("cross_entropy", "dlogits", dl.len(), rows * vocab);
-                dl.par_chunks_mut(vocab)
-                    .zip(loss.par_iter_mut())
-                    .zip(logits.par_chunks(vocab))
-                    .zip(targets.par_iter())
-                    .for_each(|(((dl, l), x), &t)| {
-                        if t == u32::MAX {
-                            *l = 0.0;
-                            dl.fill(0.0);
-                            return;
-                        }
-                        let t = t as usize;
-                        assert!(t < vocab, "cpu cross_entropy: target {t} >= vocab {vocab}");
-                        let (m, s) = row_lse(x);
-                        *l = ((m as f64 + s.ln()) - x[t] as f64) as f32;
-                        let inv = 1.0 / s;
-                        for (d, &v) in dl.iter_mut().zip(x) {
-                            *d = grad_scale * (((v - m) as f64).exp() * inv) as f32;
-                        }
-                        dl[t] -= grad_scale;
-                    })
-            }
+            Some(dl) => dl
+                .par_chunks_mut(vocab)
+                .zip(loss.par_iter_mut())
+                .zip(logits.par_chunks(vocab))
+                .zip(targets.par_iter())
+                .for_each(|(((dl, l), x), &t)| {
+                    if t == u32::MAX {
+                        *l = 0.0;
+                        dl.fill(0.0);
+                        return;
+                    }
+                    let t = t as usize;
+                    assert!(t < vocab, "cpu cross_entropy: target {t} >= vocab {vocab}");
+                    let (m, s) = row_lse(x);
+                    *l = ((m as f64 + s.ln()) - x[t] as f64) as f32;
+                    let inv = 1.0 / s;
+                    for (d, &v) in dl.iter_mut().zip(x) {
+                        *d = grad_scale * (((v - m) as f64).exp() * inv) as f32;
+                    }
+                    dl[t] -= grad_scale;
+                }),
             None => loss
                 .par_iter_mut()
                 .zip(logits.par_chunks(vocab))
@@ -612,10 +598,7 @@ impl Backend for Cpu {
 
     fn adamw(&self, p: &mut Vec<f32>, g: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, h: AdamW) {
         let n = p.len();
-        check_len("adamw", "g", g.len(), n);
-        check_len("adamw", "m", m.len(), n);
-        check_len("adamw", "v", v.len(), n);
-        assert!(h.step >= 1, "cpu adamw: step counts from 1");
+        h.check("cpu", n, g.len(), m.len(), v.len());
         // PyTorch's single-tensor AdamW, operation for operation in f32.
         // The bias corrections are Python floats (f64) there, as here.
         let t = h.step as i32;

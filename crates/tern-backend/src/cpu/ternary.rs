@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use crate::{BackendError, TernarySource};
+use crate::{contract, BackendError, TernarySource};
 
 /// Codes per packed block.
 pub const BLOCK: usize = 128;
@@ -66,30 +66,15 @@ impl CpuTernary {
 /// a time).
 pub(crate) fn pack(w: &dyn TernarySource) -> Result<CpuTernary, BackendError> {
     let (rows, cols) = (w.rows(), w.cols());
-    let err = |reason: String| BackendError::InvalidTernary {
-        backend: "cpu".into(),
-        what: format!("[{rows}, {cols}] matrix"),
-        reason,
-    };
-    if cols == 0 {
-        return Err(err("cols must be > 0".into()));
-    }
+    contract::ternary_source("cpu", w)?;
     let scale = w.scale();
-    if !scale.is_finite() {
-        return Err(err(format!("scale {scale} is not finite")));
-    }
     let cols_pad = cols.div_ceil(BLOCK) * BLOCK;
     let row_bytes = cols_pad / 4;
     let mut data = vec![0u8; rows * row_bytes];
     let mut codes = vec![0i8; cols];
     for r in 0..rows {
         w.row_codes(r, &mut codes);
-        if let Some(c) = codes.iter().position(|&c| !(-1..=1).contains(&c)) {
-            return Err(err(format!(
-                "row {r} column {c} holds code {}, expected -1, 0 or 1",
-                codes[c]
-            )));
-        }
+        contract::ternary_row("cpu", w, r, &codes)?;
         pack_row(&codes, &mut data[r * row_bytes..(r + 1) * row_bytes]);
     }
     Ok(CpuTernary {

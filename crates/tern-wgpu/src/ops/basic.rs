@@ -1,44 +1,38 @@
 //! Memory and element-wise ops.
 
-use super::f;
+use bytemuck::{Pod, Zeroable};
+use tern_backend::contract;
+
 use crate::ctx::WG;
+use crate::shader::preprocess;
 use crate::{WBuf, Wgpu};
 
-/// A tiny preprocessor for the WGSL sources: keeps the lines between
-/// `#ifdef NAME` and `#endif` for the names in `defs`, drops the others
-/// (no nesting), and replaces `{{KEY}}` by the value of `KEY` in `subs`.
-pub(crate) fn preprocess(src: &str, defs: &[&str], subs: &[(&str, String)]) -> String {
-    let mut out = String::with_capacity(src.len());
-    let mut keep = true;
-    for line in src.lines() {
-        let t = line.trim();
-        if let Some(name) = t.strip_prefix("#ifdef ") {
-            keep = defs.contains(&name.trim());
-            continue;
-        }
-        if let Some(name) = t.strip_prefix("#ifndef ") {
-            keep = !defs.contains(&name.trim());
-            continue;
-        }
-        if t == "#endif" {
-            keep = true;
-            continue;
-        }
-        if keep {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    for (k, v) in subs {
-        out = out.replace(&format!("{{{{{k}}}}}"), v);
-    }
-    out
+/// `struct P` of `shaders/basic.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, Pod, Zeroable)]
+pub(crate) struct BasicParams {
+    pub n: u32,
+    pub sx: u32,
+    pub sy: u32,
+    pub alpha: f32,
+    pub one: f32,
 }
 
-const BASIC: &str = include_str!("../shaders/basic.wgsl");
+/// `y[sy..sy + n] (op)= alpha x[sx..]` with a run-time one.
+fn params(n: usize, sx: u32, sy: u32, alpha: f32) -> BasicParams {
+    BasicParams {
+        n: n as u32,
+        sx,
+        sy,
+        alpha,
+        one: 1.0,
+    }
+}
+
+pub(crate) const BASIC: &str = include_str!("../shaders/basic.wgsl");
 
 pub(crate) fn axpy(b: &Wgpu, alpha: f32, x: &WBuf, y: &mut WBuf) {
-    assert_eq!(x.len, y.len, "axpy: lengths");
+    contract::same_len("wgpu", "axpy", &["x", "y"], &[x.len, y.len]);
     let pipe = b
         .ctx
         .pipeline("basic/axpy", || preprocess(BASIC, &["AXPY"], &[]));
@@ -49,12 +43,8 @@ pub(crate) fn axpy(b: &Wgpu, alpha: f32, x: &WBuf, y: &mut WBuf) {
         let (vx, sx) = b.ctx.view(&x.buf, start, n);
         let (vy, sy) = b.ctx.view(&y.buf, start, n);
         let groups = b.ctx.grid((n as u32).div_ceil(WG));
-        b.ctx.dispatch(
-            &pipe,
-            &[n as u32, sx, sy, f(alpha), f(1.0)],
-            &[vx, vy],
-            groups,
-        );
+        b.ctx
+            .dispatch(&pipe, &params(n, sx, sy, alpha), &[vx, vy], groups);
         start += n;
     }
 }
@@ -70,7 +60,7 @@ pub(crate) fn scale(b: &Wgpu, alpha: f32, y: &mut WBuf) {
         let (vy, sy) = b.ctx.view(&y.buf, start, n);
         let groups = b.ctx.grid((n as u32).div_ceil(WG));
         b.ctx
-            .dispatch(&pipe, &[n as u32, 0, sy, f(alpha), f(1.0)], &[vy], groups);
+            .dispatch(&pipe, &params(n, 0, sy, alpha), &[vy], groups);
         start += n;
     }
 }
@@ -86,8 +76,7 @@ pub(crate) fn fill_zero(b: &Wgpu, buf: &wgpu::Buffer, len: usize) {
         let n = chunk.min(len - start);
         let (vy, sy) = b.ctx.view(buf, start, n);
         let groups = b.ctx.grid((n as u32).div_ceil(WG));
-        b.ctx
-            .dispatch(&pipe, &[n as u32, 0, sy, f(0.0), f(1.0)], &[vy], groups);
+        b.ctx.dispatch(&pipe, &params(n, 0, sy, 0.0), &[vy], groups);
         start += n;
     }
 }
@@ -104,10 +93,7 @@ pub(crate) fn copy_range(
     dst_off: usize,
     n: usize,
 ) {
-    assert!(
-        src_off + n <= src.len && dst_off + n <= dst.len,
-        "copy_range: out of range"
-    );
+    contract::copy_range("wgpu", (src.len, src_off), (dst.len, dst_off), n);
     let pipe = b
         .ctx
         .pipeline("basic/copy", || preprocess(BASIC, &["COPY"], &[]));
@@ -118,12 +104,8 @@ pub(crate) fn copy_range(
         let (vx, sx) = b.ctx.view(&src.buf, src_off + start, m);
         let (vy, sy) = b.ctx.view(&dst.buf, dst_off + start, m);
         let groups = b.ctx.grid((m as u32).div_ceil(WG));
-        b.ctx.dispatch(
-            &pipe,
-            &[m as u32, sx, sy, f(0.0), f(1.0)],
-            &[vx, vy],
-            groups,
-        );
+        b.ctx
+            .dispatch(&pipe, &params(m, sx, sy, 0.0), &[vx, vy], groups);
         start += m;
     }
 }

@@ -31,19 +31,20 @@
 //! accumulating over column chunks (in i32 for the exact product, so chunking
 //! never changes a bit).
 
-use super::basic::preprocess;
-use crate::ctx::View;
-use crate::{WBuf, Wgpu};
-use tern_backend::{BackendError, TernarySource};
+use bytemuck::{Pod, Zeroable};
 
-const EXACT: &str = include_str!("../shaders/exact.wgsl");
-const QUANT: &str = include_str!("../shaders/ternary_quant.wgsl");
-const MV: &str = include_str!("../shaders/ternary_mv.wgsl");
-const MM: &str = include_str!("../shaders/ternary_mm.wgsl");
-const FLOAT: &str = include_str!("../shaders/ternary_float.wgsl");
-const FLOAT_BWD: &str = include_str!("../shaders/ternary_float_bwd.wgsl");
-const FLOAT_SUMK: &str = include_str!("../shaders/ternary_float_sumk.wgsl");
-const REQUANT: &str = include_str!("../shaders/ternary_requant.wgsl");
+use crate::ctx::View;
+use crate::shader::preprocess;
+use crate::{WBuf, Wgpu};
+use tern_backend::{contract, BackendError, TernarySource};
+
+pub(crate) const QUANT: &str = include_str!("../shaders/ternary_quant.wgsl");
+pub(crate) const MV: &str = include_str!("../shaders/ternary_mv.wgsl");
+pub(crate) const MM: &str = include_str!("../shaders/ternary_mm.wgsl");
+pub(crate) const FLOAT: &str = include_str!("../shaders/ternary_float.wgsl");
+pub(crate) const FLOAT_BWD: &str = include_str!("../shaders/ternary_float_bwd.wgsl");
+pub(crate) const FLOAT_SUMK: &str = include_str!("../shaders/ternary_float_sumk.wgsl");
+pub(crate) const REQUANT: &str = include_str!("../shaders/ternary_requant.wgsl");
 
 /// Codes per packed word.
 const CODES_PER_WORD: usize = 16;
@@ -77,6 +78,89 @@ const SUM_PER_WG: usize = 4096;
 const RQ_WORDS: usize = 514;
 /// Host bytes packed before one upload copy.
 const UPLOAD_CHUNK: usize = 16 << 20;
+
+/// `struct P` of `shaders/ternary_quant.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, Pod, Zeroable)]
+pub(crate) struct QuantParams {
+    pub rows: u32,
+    pub cols: u32,
+    pub os: u32,
+    pub w0: u32,
+    pub nw: u32,
+    pub xc0: u32,
+    pub first: u32,
+    /// 1e-5 as f32 bits
+    pub eps: u32,
+    pub sx: u32,
+    pub ss: u32,
+    pub so: u32,
+}
+
+/// `struct P` of `shaders/ternary_product_params.wgsl` (the matvec and the
+/// tiled W1.58A8 product).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, Pod, Zeroable)]
+pub(crate) struct ProductParams {
+    pub no: u32,
+    pub nr: u32,
+    pub wpr4: u32,
+    pub nk: u32,
+    pub qs4: u32,
+    pub ys: u32,
+    pub first: u32,
+    pub last: u32,
+    pub sw: u32,
+    pub sq: u32,
+    pub ss: u32,
+    pub sc: u32,
+    pub sy: u32,
+    pub sa: u32,
+    pub cols: u32,
+    /// 1e-5 as f32 bits
+    pub eps: u32,
+}
+
+/// `struct P` of `shaders/ternary_float_params.wgsl` (the float products,
+/// forward and transposed, and the sum of the split transposed product).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, Pod, Zeroable)]
+pub(crate) struct FloatParams {
+    pub nr: u32,
+    pub nn: u32,
+    pub nk: u32,
+    pub astride: u32,
+    pub wpr: u32,
+    pub os: u32,
+    pub first: u32,
+    pub sa: u32,
+    pub sw: u32,
+    pub sc: u32,
+    pub so: u32,
+    pub kchunk: u32,
+    pub zs: u32,
+    pub sp: u32,
+}
+
+/// `struct P` of `shaders/ternary_requant.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, Pod, Zeroable)]
+pub(crate) struct RequantParams {
+    pub n: u32,
+    pub sx: u32,
+    pub sg: u32,
+    pub nr: u32,
+    pub nw: u32,
+    pub w0: u32,
+    pub xc0: u32,
+    pub cols: u32,
+    pub wpr: u32,
+    pub sc: u32,
+    /// the element count as f32 bits
+    pub count: u32,
+    /// 1e-5 as f32 bits
+    pub eps: u32,
+}
 
 /// A packed ternary matrix on the device (see the module docs).
 pub struct WTernary {
@@ -120,18 +204,9 @@ fn pack_row(codes: &[i8], out: &mut [u32]) {
 
 pub(crate) fn upload_ternary(b: &Wgpu, w: &dyn TernarySource) -> Result<WTernary, BackendError> {
     let (rows, cols) = (w.rows(), w.cols());
-    let err = |reason: String| BackendError::InvalidTernary {
-        backend: b.ctx.name(),
-        what: format!("[{rows}, {cols}] matrix"),
-        reason,
-    };
-    if cols == 0 {
-        return Err(err("cols must be > 0".into()));
-    }
+    let name = b.ctx.name();
+    contract::ternary_source(&name, w)?;
     let scale = w.scale();
-    if !scale.is_finite() {
-        return Err(err(format!("scale {scale} is not finite")));
-    }
     let wpr = words_per_row(cols);
     // Every word and the scale are written below, so pooled contents do not matter.
     let (codes, _) = b.ctx.buffer("ternary codes", (rows * wpr * 4) as u64)?;
@@ -155,12 +230,7 @@ pub(crate) fn upload_ternary(b: &Wgpu, w: &dyn TernarySource) -> Result<WTernary
         for i in 0..n {
             let r = r0 + i;
             w.row_codes(r, &mut row);
-            if let Some(c) = row.iter().position(|&c| !(-1..=1).contains(&c)) {
-                return Err(err(format!(
-                    "row {r} column {c} holds code {}, expected -1, 0 or 1",
-                    row[c]
-                )));
-            }
+            contract::ternary_row(&name, w, r, &row)?;
             pack_row(&row, &mut host[i * wpr..(i + 1) * wpr]);
         }
         b.ctx.write_bytes(
@@ -283,6 +353,21 @@ fn mm_step(tm: usize) -> String {
     s
 }
 
+/// `ternary_mm.wgsl` with `tm` rows per thread.
+fn mm_source(tm: usize) -> String {
+    shader(
+        MM,
+        &[],
+        &[
+            ("TM", tm.to_string()),
+            ("XS", (32 * 16 * tm).to_string()),
+            ("DECL", mm_decl(tm)),
+            ("STEP", mm_step(tm)),
+            ("STORE", mm_store(tm)),
+        ],
+    )
+}
+
 fn mm_store(tm: usize) -> String {
     let mut s = String::new();
     for i in 0..tm {
@@ -389,9 +474,7 @@ fn bwd_source(defs: &[&str]) -> String {
 }
 
 fn shader(src: &str, defs: &[&str], subs: &[(&str, String)]) -> String {
-    let mut s = String::from(EXACT);
-    s.push_str(&preprocess(src, defs, subs));
-    s
+    preprocess(src, defs, subs)
 }
 
 // ---- activation quantization ----------------------------------------------------
@@ -451,21 +534,20 @@ fn quantize(b: &Wgpu, x: &wgpu::Buffer, rows: usize, cols: usize, st: &wgpu::Buf
                 let xc1 = (4 * (w0 + nw)).min(cols).max(xc0 + 1);
                 let (vx, sx) = b.ctx.view(x, r0 * cols + xc0, span(cols, nr, xc1 - xc0));
                 let first = (w0 == 0) as u32;
-                let head = [
-                    nr as u32,
-                    cols as u32,
-                    os as u32,
-                    w0 as u32,
-                    nw as u32,
-                    xc0 as u32,
+                let mut prm = QuantParams {
+                    rows: nr as u32,
+                    cols: cols as u32,
+                    os: os as u32,
+                    w0: w0 as u32,
+                    nw: nw as u32,
+                    xc0: xc0 as u32,
                     first,
                     eps,
                     sx,
                     ss,
-                ];
+                    so: 0,
+                };
                 if let (0, Some(rowmax)) = (pass, &rowmax) {
-                    let mut prm = head.to_vec();
-                    prm.push(0);
                     b.ctx.dispatch(rowmax, &prm, &[vx, vs], groups);
                 } else {
                     let (vo, so) = if packed {
@@ -473,8 +555,7 @@ fn quantize(b: &Wgpu, x: &wgpu::Buffer, rows: usize, cols: usize, st: &wgpu::Buf
                     } else {
                         b.ctx.view(obuf, r0 * os + xc0, span(os, nr, xc1 - xc0))
                     };
-                    let mut prm = head.to_vec();
-                    prm.push(so);
+                    prm.so = so;
                     b.ctx.dispatch(&quant, &prm, &[vx, vs, vo], groups);
                 }
                 w0 += nw;
@@ -485,12 +566,10 @@ fn quantize(b: &Wgpu, x: &wgpu::Buffer, rows: usize, cols: usize, st: &wgpu::Buf
 }
 
 pub(crate) fn fake_quant_act(b: &Wgpu, x: &WBuf, y: &mut WBuf, rows: usize, cols: usize) {
-    assert_eq!(x.len, rows * cols, "fake_quant_act: x length");
-    assert_eq!(y.len, rows * cols, "fake_quant_act: y length");
+    contract::fake_quant_act("wgpu", x.len, y.len, rows, cols);
     if rows == 0 {
         return;
     }
-    assert!(cols > 0, "fake_quant_act: cols must be > 0");
     let st = b.ctx.scratch_or_defer("ternary/stats", (rows * 16) as u64);
     quantize(b, &x.buf, rows, cols, &st, QOut::Fake(&y.buf));
 }
@@ -504,8 +583,7 @@ fn scratch(b: &Wgpu, key: &str, bytes: usize) -> wgpu::Buffer {
 
 pub(crate) fn ternary_matmul(b: &Wgpu, w: &WTernary, x: &WBuf, y: &mut WBuf, rows: usize) {
     let (out, cols, wpr) = (w.rows, w.cols, w.wpr);
-    assert_eq!(x.len, rows * cols, "ternary_matmul: x length");
-    assert_eq!(y.len, rows * out, "ternary_matmul: y length");
+    contract::ternary("wgpu", "ternary_matmul", (out, cols), (x.len, y.len), rows);
     if rows == 0 || out == 0 {
         return;
     }
@@ -563,19 +641,8 @@ pub(crate) fn ternary_matmul(b: &Wgpu, w: &WTernary, x: &WBuf, y: &mut WBuf, row
         b.ctx
             .pipeline(&format!("ternary/mv/{nr}"), || mv_shader(nr, false))
     } else {
-        b.ctx.pipeline(&format!("ternary/mm/{tm}"), || {
-            shader(
-                MM,
-                &[],
-                &[
-                    ("TM", tm.to_string()),
-                    ("XS", (32 * 16 * tm).to_string()),
-                    ("DECL", mm_decl(tm)),
-                    ("STEP", mm_step(tm)),
-                    ("STORE", mm_store(tm)),
-                ],
-            )
-        })
+        b.ctx
+            .pipeline(&format!("ternary/mm/{tm}"), || mm_source(tm))
     };
     let (vc, sc) = b.ctx.view(&w.scale, 0, 1);
     let mut r0 = 0;
@@ -601,24 +668,24 @@ pub(crate) fn ternary_matmul(b: &Wgpu, w: &WTernary, x: &WBuf, y: &mut WBuf, row
                 let nk = kc.min(nwv - k0);
                 let (vw, sw) = view4(b, &w.codes, o0 * wpr + k0, span(wpr, no, nk));
                 let (vq, sq) = view4(b, &xq, r0 * qs + 4 * k0, span(qs, nr, 4 * nk));
-                let prm = [
-                    no as u32,
-                    nr as u32,
-                    (wpr / 4) as u32,
-                    nk as u32,
-                    (qs / 4) as u32,
-                    out as u32,
-                    (k0 == 0) as u32,
-                    (k0 + nk == nwv) as u32,
+                let prm = ProductParams {
+                    no: no as u32,
+                    nr: nr as u32,
+                    wpr4: (wpr / 4) as u32,
+                    nk: nk as u32,
+                    qs4: (qs / 4) as u32,
+                    ys: out as u32,
+                    first: (k0 == 0) as u32,
+                    last: (k0 + nk == nwv) as u32,
                     sw,
                     sq,
                     ss,
                     sc,
                     sy,
                     sa,
-                    0,
-                    0,
-                ];
+                    cols: 0,
+                    eps: 0,
+                };
                 b.ctx
                     .dispatch(&pipe, &prm, &[vw, vq, vs, vc, vy, va], groups);
                 k0 += nk;
@@ -697,24 +764,24 @@ fn matvec_fused(
             let no = ob.min(out - o0);
             let (vy, sy) = b.ctx.view(&y.buf, r0 * out + o0, span(out, nr, no));
             let (vw, sw) = view4(b, &w.codes, o0 * wpr, span(wpr, no, nwv));
-            let prm = [
-                no as u32,
-                nr as u32,
-                (wpr / 4) as u32,
-                nwv as u32,
-                nwv as u32,
-                out as u32,
-                1,
-                1,
+            let prm = ProductParams {
+                no: no as u32,
+                nr: nr as u32,
+                wpr4: (wpr / 4) as u32,
+                nk: nwv as u32,
+                qs4: nwv as u32,
+                ys: out as u32,
+                first: 1,
+                last: 1,
                 sw,
-                sx,
-                0,
+                sq: sx,
+                ss: 0,
                 sc,
                 sy,
-                0,
-                cols as u32,
-                1e-5f32.to_bits(),
-            ];
+                sa: 0,
+                cols: cols as u32,
+                eps: 1e-5f32.to_bits(),
+            };
             let groups = b.ctx.grid(no.div_ceil(MV_FEATURES) as u32);
             b.ctx.dispatch(&pipe, &prm, &[vw, vx, vc, vy], groups);
             o0 += no;
@@ -727,8 +794,13 @@ fn matvec_fused(
 
 pub(crate) fn ternary_matmul_float(b: &Wgpu, w: &WTernary, x: &WBuf, y: &mut WBuf, rows: usize) {
     let (out, cols, wpr) = (w.rows, w.cols, w.wpr);
-    assert_eq!(x.len, rows * cols, "ternary_matmul_float: x length");
-    assert_eq!(y.len, rows * out, "ternary_matmul_float: y length");
+    contract::ternary(
+        "wgpu",
+        "ternary_matmul_float",
+        (out, cols),
+        (x.len, y.len),
+        rows,
+    );
     if rows == 0 || out == 0 {
         return;
     }
@@ -760,19 +832,20 @@ pub(crate) fn ternary_matmul_float(b: &Wgpu, w: &WTernary, x: &WBuf, y: &mut WBu
                 let nc = (nk * CODES_PER_WORD).min(cols - c0);
                 let (vx, sx) = b.ctx.view(&x.buf, r0 * cols + c0, span(cols, nr, nc));
                 let (vw, sw) = b.ctx.view(&w.codes, o0 * wpr + k0, span(wpr, no, nk));
-                let prm = [
-                    nr as u32,
-                    no as u32,
-                    nc as u32,
-                    cols as u32,
-                    wpr as u32,
-                    out as u32,
-                    (k0 == 0) as u32,
-                    sx,
+                let prm = FloatParams {
+                    nr: nr as u32,
+                    nn: no as u32,
+                    nk: nc as u32,
+                    astride: cols as u32,
+                    wpr: wpr as u32,
+                    os: out as u32,
+                    first: (k0 == 0) as u32,
+                    sa: sx,
                     sw,
                     sc,
-                    sy,
-                ];
+                    so: sy,
+                    ..Default::default()
+                };
                 b.ctx.dispatch(&pipe, &prm, &[vx, vw, vc, vy], groups);
                 k0 += nk;
             }
@@ -790,8 +863,13 @@ pub(crate) fn ternary_matmul_backward(
     rows: usize,
 ) {
     let (out, cols, wpr) = (w.rows, w.cols, w.wpr);
-    assert_eq!(dy.len, rows * out, "ternary_matmul_backward: dy length");
-    assert_eq!(dx.len, rows * cols, "ternary_matmul_backward: dx length");
+    contract::ternary(
+        "wgpu",
+        "ternary_matmul_backward",
+        (out, cols),
+        (dy.len, dx.len),
+        rows,
+    );
     if rows == 0 {
         return;
     }
@@ -844,31 +922,33 @@ pub(crate) fn ternary_matmul_backward(
                         (vw, sw),
                         (vc, sc),
                         (&dx.buf, r0 * cols + c0),
-                        [
-                            nr as u32,
-                            nc as u32,
-                            nk as u32,
-                            out as u32,
-                            wpr as u32,
-                            cols as u32,
-                            (k0 == 0) as u32,
-                        ],
+                        FloatParams {
+                            nr: nr as u32,
+                            nn: nc as u32,
+                            nk: nk as u32,
+                            astride: out as u32,
+                            wpr: wpr as u32,
+                            os: cols as u32,
+                            first: (k0 == 0) as u32,
+                            ..Default::default()
+                        },
                     );
                 } else {
                     let (vx, sx) = b.ctx.view(&dx.buf, r0 * cols + c0, span(cols, nr, nc));
-                    let prm = [
-                        nr as u32,
-                        nc as u32,
-                        nk as u32,
-                        out as u32,
-                        wpr as u32,
-                        cols as u32,
-                        (k0 == 0) as u32,
-                        sd,
+                    let prm = FloatParams {
+                        nr: nr as u32,
+                        nn: nc as u32,
+                        nk: nk as u32,
+                        astride: out as u32,
+                        wpr: wpr as u32,
+                        os: cols as u32,
+                        first: (k0 == 0) as u32,
+                        sa: sd,
                         sw,
                         sc,
-                        sx,
-                    ];
+                        so: sx,
+                        ..Default::default()
+                    };
                     b.ctx.dispatch(&pipe, &prm, &[vd, vw, vc, vx], groups);
                 }
                 k0 += nk;
@@ -882,20 +962,20 @@ pub(crate) fn ternary_matmul_backward(
     }
 }
 
-/// One block of the transposed product with the 128 x 128 tiles: `head` is
-/// (rows, columns, features, dy stride, wpr, dx stride, first); the reduction
-/// is split over workgroups (partial sums in a scratch, then summed in order)
-/// when the block has few tiles.
+/// One block of the transposed product with the 128 x 128 tiles: `head`
+/// holds the block's sizes, strides and `first` (its shifts are filled in
+/// here); the reduction is split over workgroups (partial sums in a
+/// scratch, then summed in order) when the block has few tiles.
 fn bwd_big(
     b: &Wgpu,
     (vd, sd): (View, u32),
     (vw, sw): (View, u32),
     (vc, sc): (View, u32),
     (dx, start): (&wgpu::Buffer, usize),
-    head: [u32; 7],
+    head: FloatParams,
 ) {
-    let (nr, nc, nk) = (head[0] as usize, head[1] as usize, head[2] as usize);
-    let os = head[5] as usize;
+    let (nr, nc, nk) = (head.nr as usize, head.nn as usize, head.nk as usize);
+    let os = head.os as usize;
     let tiles = nr.div_ceil(128) * nc.div_ceil(128);
     let win = b.ctx.window_elems();
     let mut splits = 1;
@@ -918,10 +998,18 @@ fn bwd_big(
         nr.div_ceil(128) as u32,
         splits as u32,
     ];
-    let mut prm = head.to_vec();
     if splits == 1 {
         let pipe = b.ctx.pipeline("ternary/float/bwd128", || bwd_source(&[]));
-        prm.extend([sd, sw, sc, sx, kchunk as u32, 0, 0]);
+        let prm = FloatParams {
+            sa: sd,
+            sw,
+            sc,
+            so: sx,
+            kchunk: kchunk as u32,
+            zs: 0,
+            sp: 0,
+            ..head
+        };
         b.ctx.dispatch(&pipe, &prm, &[vd, vw, vc, vx], groups);
         return;
     }
@@ -931,23 +1019,49 @@ fn bwd_big(
     let pipe = b
         .ctx
         .pipeline("ternary/float/bwd128/split", || bwd_source(&["SPLIT"]));
-    prm.extend([sd, sw, sc, sx, kchunk as u32, zs as u32, sp]);
+    let prm = FloatParams {
+        sa: sd,
+        sw,
+        sc,
+        so: sx,
+        kchunk: kchunk as u32,
+        zs: zs as u32,
+        sp,
+        ..head
+    };
     b.ctx.dispatch(&pipe, &prm, &[vd, vw, vp], groups);
     let sum = b
         .ctx
         .pipeline("ternary/float/bwd128/sumk", || shader(FLOAT_SUMK, &[], &[]));
-    let mut prm = head.to_vec();
-    prm.extend([0, 0, sc, sx, splits as u32, zs as u32, sp]);
+    let prm = FloatParams {
+        sa: 0,
+        sw: 0,
+        sc,
+        so: sx,
+        kchunk: splits as u32,
+        zs: zs as u32,
+        sp,
+        ..head
+    };
     let g = b.ctx.grid(zs.div_ceil(256) as u32);
     b.ctx.dispatch(&sum, &prm, &[vp, vc, vx], g);
 }
 
 // ---- re-quantization ------------------------------------------------------------------
 
+/// `ternary_requant.wgsl`: the pass `name` with `wgs` threads.
+fn requant_source(name: &str, wgs: u32) -> String {
+    shader(
+        REQUANT,
+        &[name],
+        &[("PER_WG", SUM_PER_WG.to_string()), ("WGS", wgs.to_string())],
+    )
+}
+
 pub(crate) fn requantize_ternary(b: &Wgpu, latent: &WBuf, w: &mut WTernary) {
     let (rows, cols, wpr) = (w.rows, w.cols, w.wpr);
     let n = rows * cols;
-    assert_eq!(latent.len, n, "requantize_ternary: latent length");
+    contract::requantize_ternary("wgpu", latent.len, (rows, cols));
     if n == 0 {
         return;
     }
@@ -959,17 +1073,14 @@ pub(crate) fn requantize_ternary(b: &Wgpu, latent: &WBuf, w: &mut WTernary) {
     let g = scratch(b, "ternary/requant", RQ_WORDS * 4);
     let pipe = |name: &str, wgs: u32| {
         b.ctx.pipeline(&format!("ternary/requant/{name}"), || {
-            shader(
-                REQUANT,
-                &[name],
-                &[("PER_WG", SUM_PER_WG.to_string()), ("WGS", wgs.to_string())],
-            )
+            requant_source(name, wgs)
         })
     };
     let (vg, sg) = b.ctx.view(&g, 0, RQ_WORDS);
-    let zero = [0u32; 12];
-    let mut prm = zero;
-    prm[2] = sg;
+    let prm = RequantParams {
+        sg,
+        ..Default::default()
+    };
     b.ctx.dispatch(&pipe("CLEAR", 256), &prm, &[vg], [1, 1, 1]);
 
     let sum = pipe("SUM", 256);
@@ -977,21 +1088,25 @@ pub(crate) fn requantize_ternary(b: &Wgpu, latent: &WBuf, w: &mut WTernary) {
     while start < n {
         let nn = win.min(n - start);
         let (vx, sx) = b.ctx.view(&latent.buf, start, nn);
-        let mut prm = zero;
-        prm[0] = nn as u32;
-        prm[1] = sx;
-        prm[2] = sg;
+        let prm = RequantParams {
+            n: nn as u32,
+            sx,
+            sg,
+            ..Default::default()
+        };
         let groups = b.ctx.grid(nn.div_ceil(SUM_PER_WG) as u32);
         b.ctx.dispatch(&sum, &prm, &[vx, vg], groups);
         start += nn;
     }
 
     let (vc, sc) = b.ctx.view(&w.scale, 0, 1);
-    let mut prm = zero;
-    prm[2] = sg;
-    prm[9] = sc;
-    prm[10] = (n as f32).to_bits();
-    prm[11] = 1e-5f32.to_bits();
+    let prm = RequantParams {
+        sg,
+        sc,
+        count: (n as f32).to_bits(),
+        eps: 1e-5f32.to_bits(),
+        ..Default::default()
+    };
     b.ctx
         .dispatch(&pipe("FINAL", 1), &prm, &[vg, vc], [1, 1, 1]);
 
@@ -1015,26 +1130,94 @@ pub(crate) fn requantize_ternary(b: &Wgpu, latent: &WBuf, w: &mut WTernary) {
                 .ctx
                 .view(&latent.buf, r0 * cols + xc0, span(cols, nr, xc1 - xc0));
             let (vw, sw) = b.ctx.view(&w.codes, r0 * wpr + w0, span(wpr, nr, nw));
-            let prm = [
-                0,
+            let prm = RequantParams {
+                n: 0,
                 sx,
                 sg,
-                nr as u32,
-                nw as u32,
-                w0 as u32,
-                xc0 as u32,
-                cols as u32,
-                wpr as u32,
-                sw,
-                0,
-                0,
-            ];
+                nr: nr as u32,
+                nw: nw as u32,
+                w0: w0 as u32,
+                xc0: xc0 as u32,
+                cols: cols as u32,
+                wpr: wpr as u32,
+                sc: sw,
+                count: 0,
+                eps: 0,
+            };
             let groups = b.ctx.grid((nr * nw).div_ceil(256) as u32);
             b.ctx.dispatch(&codes, &prm, &[vx, vw, vg], groups);
             w0 += nw;
         }
         r0 += nr;
     }
+}
+
+/// Every kernel this module can build (see `crate::variants`).
+#[cfg(test)]
+pub(crate) fn variants() -> Vec<crate::variants::Variant> {
+    use crate::variants::Variant;
+    use std::mem::size_of;
+    let mut v = vec![Variant::new(
+        "ternary/rowmax",
+        shader(QUANT, &["ROWMAX"], &[]),
+        size_of::<QuantParams>(),
+    )];
+    for kind in ["XQ", "FQ"] {
+        for mode in ["FUSED", "SPLIT"] {
+            v.push(Variant::new(
+                &format!("ternary/quant/{kind}/{mode}"),
+                shader(QUANT, &["QUANT", kind, mode], &[]),
+                size_of::<QuantParams>(),
+            ));
+        }
+    }
+    for nr in [1, 2, 4, 8] {
+        let p = size_of::<ProductParams>();
+        v.push(Variant::new(
+            &format!("ternary/mv/{nr}"),
+            mv_shader(nr, false),
+            p,
+        ));
+        v.push(Variant::new(
+            &format!("ternary/mv/fused/{nr}"),
+            mv_shader(nr, true),
+            p,
+        ));
+    }
+    for tm in [2, 4] {
+        v.push(Variant::new(
+            &format!("ternary/mm/{tm}"),
+            mm_source(tm),
+            size_of::<ProductParams>(),
+        ));
+    }
+    for f16 in [false, true] {
+        for dir in ["FWD", "BWD"] {
+            let key = format!("ternary/float/{}", dir.to_lowercase());
+            let code = shader(FLOAT, &[dir], &float_subs(f16));
+            v.push(Variant::new(&key, code, size_of::<FloatParams>()).f16(f16));
+        }
+    }
+    let p = size_of::<FloatParams>();
+    v.push(Variant::new("ternary/float/bwd128", bwd_source(&[]), p));
+    v.push(Variant::new(
+        "ternary/float/bwd128/split",
+        bwd_source(&["SPLIT"]),
+        p,
+    ));
+    v.push(Variant::new(
+        "ternary/float/bwd128/sumk",
+        shader(FLOAT_SUMK, &[], &[]),
+        p,
+    ));
+    for (name, wgs) in [("CLEAR", 256), ("SUM", 256), ("FINAL", 1), ("CODES", 256)] {
+        v.push(Variant::new(
+            &format!("ternary/requant/{name}"),
+            requant_source(name, wgs),
+            size_of::<RequantParams>(),
+        ));
+    }
+    v
 }
 
 #[cfg(test)]
@@ -1077,7 +1260,7 @@ mod tests {
         }
     }
 
-    const DIV_TEST: &str = "
+    const DIV_TEST: &str = "//#include exact
 struct P { n: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> a: array<u32>;
@@ -1151,16 +1334,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         let a = b.upload_ids(&xs).unwrap();
         let d = b.upload_ids(&ds).unwrap();
         let o = b.new_ids("out", 2 * n).unwrap();
-        let pipe = b.ctx.pipeline("test/fdiv", || {
-            let mut s = String::from(EXACT);
-            s.push_str(DIV_TEST);
-            s
-        });
+        let pipe = b
+            .ctx
+            .pipeline("test/fdiv", || preprocess(DIV_TEST, &[], &[]));
         let (va, _) = b.ctx.view(&a.buf, 0, n);
         let (vd, _) = b.ctx.view(&d.buf, 0, n);
         let (vo, _) = b.ctx.view(&o.buf, 0, 2 * n);
         let groups = b.ctx.grid((n as u32).div_ceil(256));
-        b.ctx.dispatch(&pipe, &[n as u32], &[va, vd, vo], groups);
+        b.ctx.dispatch(&pipe, &(n as u32), &[va, vd, vo], groups);
         let got: Vec<u32> =
             bytemuck::pod_collect_to_vec(&b.ctx.read_bytes(&o.buf, 0, 8 * n as u64).unwrap());
         for i in 0..n {

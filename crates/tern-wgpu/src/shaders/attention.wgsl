@@ -67,17 +67,7 @@ struct P {
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> lse: array<f32>;
 
-const HD: u32 = {{HD}}u;
-const HD4: u32 = {{HD4}}u;
-const HP4: u32 = {{HP4}}u;
-const R: u32 = {{R}}u;
-const BK: u32 = {{BK}}u;
-const NT: u32 = 64u;
-const DS: u32 = {{DS}}u;
-const SROWS: u32 = {{SROWS}}u;
-const SCOLS: u32 = {{SCOLS}}u;
-const RG: u32 = {{RG}}u;
-const DL: u32 = {{DL}}u;
+//#include attention_common
 const NEG: f32 = -3.0e38;
 
 var<workgroup> qs: array<vec4<f32>, {{QSZ}}>;
@@ -90,42 +80,6 @@ var<workgroup> rm: array<f32, R>;
 var<workgroup> rl: array<f32, R>;
 var<workgroup> ra: array<f32, R>;
 var<workgroup> rlim: array<u32, R>;
-
-// Four elements from element offset `o` (`n` of them valid).
-#ifdef GV4
-fn ldq(o: u32, n: u32) -> vec4<f32> {
-    return q[o / 4u];
-}
-fn ldk(o: u32, n: u32) -> vec4<f32> {
-    return k[o / 4u];
-}
-fn ldv(o: u32, n: u32) -> vec4<f32> {
-    return v[o / 4u];
-}
-#endif
-#ifndef GV4
-fn ldq(o: u32, n: u32) -> vec4<f32> {
-    var x = vec4<f32>(q[o], 0.0, 0.0, 0.0);
-    if (n > 1u) { x.y = q[o + 1u]; }
-    if (n > 2u) { x.z = q[o + 2u]; }
-    if (n > 3u) { x.w = q[o + 3u]; }
-    return x;
-}
-fn ldk(o: u32, n: u32) -> vec4<f32> {
-    var x = vec4<f32>(k[o], 0.0, 0.0, 0.0);
-    if (n > 1u) { x.y = k[o + 1u]; }
-    if (n > 2u) { x.z = k[o + 2u]; }
-    if (n > 3u) { x.w = k[o + 3u]; }
-    return x;
-}
-fn ldv(o: u32, n: u32) -> vec4<f32> {
-    var x = vec4<f32>(v[o], 0.0, 0.0, 0.0);
-    if (n > 1u) { x.y = v[o + 1u]; }
-    if (n > 2u) { x.z = v[o + 2u]; }
-    if (n > 3u) { x.w = v[o + 3u]; }
-    return x;
-}
-#endif
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {

@@ -8,22 +8,7 @@
 //   loaded into registers while the current one is multiplied. With SPLIT,
 //   workgroup z covers k range [z kchunk, (z + 1) kchunk) and writes its raw
 //   partial product to a scratch slice (summed by SUMK).
-struct P {
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    sa: u32,
-    sb: u32,
-    sc: u32,
-    alpha: f32,
-    beta: f32,
-    kchunk: u32,
-    zs: u32,
-}
-@group(0) @binding(0) var<uniform> p: P;
+//#include gemm_params
 
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;

@@ -2,23 +2,7 @@
 //   once (coalesced), then a tree over the lanes in workgroup memory.
 //   With CT the result is written transposed (C[j, i]): the host computes
 //   a product with few columns, C = A op(B), as Cᵀ = op(B)ᵀ Aᵀ.
-// (P as in dense_gemm.wgsl.)
-struct P {
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    sa: u32,
-    sb: u32,
-    sc: u32,
-    alpha: f32,
-    beta: f32,
-    kchunk: u32,
-    zs: u32,
-}
-@group(0) @binding(0) var<uniform> p: P;
+//#include gemm_params
 
 #ifndef V4
 @group(0) @binding(1) var<storage, read> a: array<f32>;

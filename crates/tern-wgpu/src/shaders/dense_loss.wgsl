@@ -23,8 +23,7 @@ struct P {
 const MASK: u32 = 0xffffffffu;
 const LOWEST: f32 = -3.4028235e38;
 
-var<workgroup> rm: array<f32, 256>;
-var<workgroup> rs: array<f32, 256>;
+//#include softmax_row
 var<workgroup> tsh: u32;
 
 @compute @workgroup_size(256)
@@ -53,29 +52,7 @@ fn main(
 #endif
         return;
     }
-    var m = LOWEST;
-    var s = 0.0;
-    for (var i = t; i < p.vocab; i += 256u) {
-        let v = x[bx + i];
-        if (v > m) {
-            s = s * exp(m - v) + 1.0;
-            m = v;
-        } else {
-            s += exp(v - m);
-        }
-    }
-    rm[t] = m;
-    rs[t] = s;
-    for (var h = 128u; h > 0u; h >>= 1u) {
-        workgroupBarrier();
-        if (t < h) {
-            let m1 = rm[t];
-            let m2 = rm[t + h];
-            let mm = max(m1, m2);
-            rs[t] = rs[t] * exp(m1 - mm) + rs[t + h] * exp(m2 - mm);
-            rm[t] = mm;
-        }
-    }
+    row_max_sum(t, bx, p.vocab);
     workgroupBarrier();
     let mx = rm[0];
     let sum = rs[0];

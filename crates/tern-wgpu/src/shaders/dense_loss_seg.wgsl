@@ -26,9 +26,8 @@ const LOWEST: f32 = -3.4028235e38;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> tg: array<u32>;
 @group(0) @binding(3) var<storage, read_write> stat: array<f32>;
-var<workgroup> rm: array<f32, 256>;
-var<workgroup> rs: array<f32, 256>;
 var<workgroup> tsh: u32;
+//#include softmax_row
 #endif
 #ifdef FIN
 @group(0) @binding(1) var<storage, read> tg: array<u32>;
@@ -57,29 +56,7 @@ fn main(
     if (tgt == MASK) {
         return;
     }
-    var m = LOWEST;
-    var s = 0.0;
-    for (var i = t; i < p.n; i += 256u) {
-        let v = x[p.sx + i];
-        if (v > m) {
-            s = s * exp(m - v) + 1.0;
-            m = v;
-        } else {
-            s += exp(v - m);
-        }
-    }
-    rm[t] = m;
-    rs[t] = s;
-    for (var h = 128u; h > 0u; h >>= 1u) {
-        workgroupBarrier();
-        if (t < h) {
-            let m1 = rm[t];
-            let m2 = rm[t + h];
-            let mm = max(m1, m2);
-            rs[t] = rs[t] * exp(m1 - mm) + rs[t + h] * exp(m2 - mm);
-            rm[t] = mm;
-        }
-    }
+    row_max_sum(t, p.sx, p.n);
     if (t == 0u) {
         stat[p.sp + p.slot] = rm[0];
         stat[p.sp + p.slot + 1u] = rs[0];

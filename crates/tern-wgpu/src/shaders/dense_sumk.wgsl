@@ -1,21 +1,6 @@
 // SUMK: C = alpha sum_z part[z] + beta C (fixed order); with splits = 0 it
 //   is `C = beta C` (k = 0), where beta = 0 writes zeros without reading C.
-struct P {
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    sa: u32,
-    sb: u32,
-    sc: u32,
-    alpha: f32,
-    beta: f32,
-    kchunk: u32,
-    zs: u32,
-}
-@group(0) @binding(0) var<uniform> p: P;
+//#include gemm_params
 
 // p.k: number of partial slices; p.sa: shift of the partials; p.zs: slice size.
 @group(0) @binding(1) var<storage, read> part: array<f32>;

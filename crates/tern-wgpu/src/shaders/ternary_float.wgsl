@@ -14,26 +14,7 @@
 //
 // Packed layout: word k of a weight row holds columns 16k..16k+15, column
 // 16k + 4t + i in bits 8i + 2t as u = code + 1.
-struct P {
-    // rows of x / dy in this dispatch
-    nr: u32,
-    // FWD: features; BWD: columns of dx
-    nn: u32,
-    // FWD: columns of x; BWD: features (the reduction length)
-    nk: u32,
-    // row stride of the float operand (x or dy)
-    astride: u32,
-    // row stride of the packed weights (words)
-    wpr: u32,
-    // row stride of the output
-    os: u32,
-    first: u32,
-    sa: u32,
-    sw: u32,
-    sc: u32,
-    so: u32,
-}
-@group(0) @binding(0) var<uniform> p: P;
+//#include ternary_float_params
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<u32>;
 @group(0) @binding(3) var<storage, read> wscale: array<f32>;

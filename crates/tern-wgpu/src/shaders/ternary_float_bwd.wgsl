@@ -17,30 +17,7 @@
 //
 // Packed layout: word k of a weight row holds columns 16k..16k+15, column
 // 16k + 4t + i in bits 8i + 2t as u = code + 1.
-struct P {
-    // rows of dy / dx in this dispatch
-    nr: u32,
-    // columns of dx in this chunk
-    nn: u32,
-    // features in this chunk (the reduction length)
-    nk: u32,
-    // row stride of dy
-    astride: u32,
-    // row stride of the packed weights (words)
-    wpr: u32,
-    // row stride of dx
-    os: u32,
-    first: u32,
-    sa: u32,
-    sw: u32,
-    sc: u32,
-    so: u32,
-    kchunk: u32,
-    // elements per slice of part (SPLIT), its shift
-    zs: u32,
-    sp: u32,
-}
-@group(0) @binding(0) var<uniform> p: P;
+//#include ternary_float_params
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<u32>;
 #ifdef SPLIT

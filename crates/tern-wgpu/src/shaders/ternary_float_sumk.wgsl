@@ -1,24 +1,7 @@
 // The sum of the split partial products of `ternary_float_bwd.wgsl`:
 // dx = w_scale * Σ_z part[z] (z in order, so the result does not depend on
 // the scheduling), written (`first`) or added to dx.
-struct P {
-    nr: u32,
-    nn: u32,
-    nk: u32,
-    astride: u32,
-    wpr: u32,
-    os: u32,
-    first: u32,
-    sa: u32,
-    sw: u32,
-    sc: u32,
-    so: u32,
-    // the number of slices
-    kchunk: u32,
-    zs: u32,
-    sp: u32,
-}
-@group(0) @binding(0) var<uniform> p: P;
+//#include ternary_float_params
 @group(0) @binding(1) var<storage, read> part: array<f32>;
 @group(0) @binding(2) var<storage, read> wscale: array<f32>;
 @group(0) @binding(3) var<storage, read_write> o: array<f32>;

@@ -1,3 +1,4 @@
+//#include exact
 // W1.58A8 product for many activation rows (prefill, training): a BM x 64
 // tile of y per workgroup (16 x 16 threads, TM x 4 outputs each, rows
 // ty + 16i and features tx + 16j; BM = 16 TM), stepping 8 packed weight
@@ -8,23 +9,7 @@
 // a mask per 4 codes) and reused across the thread's TM rows, every
 // activation word across its 4 features.
 // Layout, exactness and chunking as in ternary_mv.wgsl.
-struct P {
-    no: u32,
-    nr: u32,
-    wpr4: u32,
-    nk: u32,
-    qs4: u32,
-    ys: u32,
-    first: u32,
-    last: u32,
-    sw: u32,
-    sq: u32,
-    ss: u32,
-    sc: u32,
-    sy: u32,
-    sa: u32,
-}
-@group(0) @binding(0) var<uniform> p: P;
+//#include ternary_product_params
 @group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> xq: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> st: array<u32>;

@@ -1,3 +1,4 @@
+//#include exact
 // W1.58A8 product for a few activation rows (decode): memory bound on the
 // packed weights. A workgroup owns 8 output features; 32 threads per feature
 // stride over its packed row (consecutive threads read consecutive 16-byte
@@ -26,31 +27,7 @@
 //   its weight vec4 k at xs[row * qs4 + j * nk4 + k] (consecutive lanes,
 //   consecutive 16 bytes). Max and Σ q use workgroup atomics (exact integer
 //   and bit maxima, so the order does not matter).
-struct P {
-    no: u32,
-    nr: u32,
-    // vec4 (4 weight words) per weight row
-    wpr4: u32,
-    // weight words in this chunk (a multiple of 4)
-    nk: u32,
-    // vec4 per xq row (FUSED: per xs row; = nk)
-    qs4: u32,
-    // row stride of y and acc
-    ys: u32,
-    first: u32,
-    last: u32,
-    sw: u32,
-    // xq shift (FUSED: the shift of x's view)
-    sq: u32,
-    ss: u32,
-    sc: u32,
-    sy: u32,
-    sa: u32,
-    // FUSED: columns of x, the 1e-5 bits
-    cols: u32,
-    eps: u32,
-}
-@group(0) @binding(0) var<uniform> p: P;
+//#include ternary_product_params
 @group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
 #ifdef FUSED
 @group(0) @binding(2) var<storage, read> x: array<f32>;

@@ -1,3 +1,4 @@
+//#include exact
 // Per-row absmax int8 quantization of activations (BitNet's ActQuant):
 // `a = 127 / max(max|x|, 1e-5)`, `q = clamp(round_half_even(x * a), -128, 127)`.
 //

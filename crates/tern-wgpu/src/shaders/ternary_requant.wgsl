@@ -1,3 +1,4 @@
+//#include exact
 // Absmean re-ternarization on the device (tern_tensor::quant::absmean_ternary).
 //
 // The sum of |W| must be rounded to f32 once, from (at least) f64
