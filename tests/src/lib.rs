@@ -70,23 +70,7 @@ unsafe impl GlobalAlloc for LargestAlloc {
     }
 }
 
-/// True under `CI=true`, where every test must run: a missing oracle, venv
-/// or data set is then a failure, never a skip.
-pub fn in_ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
-/// Say that a test cannot run here because of `reason` (what is missing and
-/// how to provide it): under `CI=true` this panics, elsewhere it prints
-/// `SKIPPED: reason` and the caller returns. Every test that can skip goes
-/// through here, so CI can never pass without running it.
-#[track_caller]
-pub fn missing(reason: impl std::fmt::Display) {
-    if in_ci() {
-        panic!("{reason}; required under CI=true (.ci/run provides it)");
-    }
-    eprintln!("SKIPPED: {reason}");
-}
+pub use tern_backend::conformance::{in_ci, missing};
 
 /// `python` if it exists and `check` (a Python snippet) succeeds in it.
 fn python_with(python: PathBuf, check: &str) -> Option<PathBuf> {

@@ -23,6 +23,24 @@
 use crate::{Activation, AdamW, AttnDims, Backend, Gemm, TernaryCodes};
 use tern_tensor::rng::SplitMix64;
 
+/// True under `CI=true`, where every test must run: a missing oracle, venv,
+/// device or data set is then a failure, never a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// Say that a test cannot run here because of `reason` (what is missing and
+/// how to provide it): under `CI=true` this panics, elsewhere it prints
+/// `SKIPPED: reason` and the caller returns. Every test that can skip goes
+/// through here, so CI can never pass without running it.
+#[track_caller]
+pub fn missing(reason: impl std::fmt::Display) {
+    if in_ci() {
+        panic!("{reason}; required under CI=true (.ci/run provides it)");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
 /// Stamps one `#[test]` per conformance check, each building the backend
 /// with `$ctor` and calling the check. Use inside a module to stamp several
 /// backends (or configurations) in one file.

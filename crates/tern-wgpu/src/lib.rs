@@ -57,6 +57,28 @@ use tern_backend::{Activation, AdamW, AttnDims, Backend, BackendError, Gemm, Ter
 
 pub use ops::ternary::WTernary;
 
+/// The device tern's tests run on: the adapter `TERN_WGPU_ADAPTER` names (a
+/// substring of its name), else the fallback (software) adapter — Mesa's
+/// lavapipe in CI — with `opts`' other settings. Without one it reports the
+/// test as skipped (a failure under `CI=true`, through
+/// [`tern_backend::conformance::missing`]) and returns `None`.
+pub fn test_device(opts: WgpuOptions) -> Option<Wgpu> {
+    let opts = WgpuOptions {
+        force_fallback: std::env::var_os("TERN_WGPU_ADAPTER").is_none(),
+        adapter: std::env::var("TERN_WGPU_ADAPTER").ok(),
+        ..opts
+    };
+    match Wgpu::with_options(&opts) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tern_backend::conformance::missing(format_args!(
+                "wgpu test: {e} (install mesa-vulkan-drivers libvulkan1 for lavapipe)"
+            ));
+            None
+        }
+    }
+}
+
 /// The wgpu backend.
 pub struct Wgpu {
     pub(crate) ctx: ctx::Ctx,

@@ -8,18 +8,10 @@ use tern_backend::{AttnDims, Backend, Cpu};
 use tern_wgpu::{Wgpu, WgpuOptions};
 
 fn wgpu(max_binding: Option<u64>) -> Option<Wgpu> {
-    match Wgpu::with_options(&WgpuOptions {
-        force_fallback: std::env::var_os("TERN_WGPU_ADAPTER").is_none(),
-        adapter: std::env::var("TERN_WGPU_ADAPTER").ok(),
+    tern_wgpu::test_device(WgpuOptions {
         max_binding,
         ..Default::default()
-    }) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            eprintln!("wgpu attention test skipped: {e}");
-            None
-        }
-    }
+    })
 }
 
 fn maxerr(a: &[f32], b: &[f32]) -> f64 {

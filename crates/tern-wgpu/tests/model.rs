@@ -1,7 +1,7 @@
 //! Whole models on wgpu against the CPU backend: logits of tiny models
 //! (prefill and KV-cache decode) within 1e-3, and 20 LoRA training steps
 //! whose losses follow the CPU's within 1e-3 relative. Device failures come
-//! back as errors. Without an adapter each test prints why it was skipped.
+//! back as errors. Without an adapter each test says why it was skipped (fails under CI=true).
 
 use tern_backend::{Backend, BackendError, Cpu};
 use tern_lora::{Adapter, LoraConfig, Trainer};
@@ -11,18 +11,7 @@ use tern_model::{BitNetConfig, Model};
 use tern_wgpu::{Wgpu, WgpuOptions};
 
 fn gpu() -> Option<Wgpu> {
-    let opts = WgpuOptions {
-        force_fallback: std::env::var_os("TERN_WGPU_ADAPTER").is_none(),
-        adapter: std::env::var("TERN_WGPU_ADAPTER").ok(),
-        ..Default::default()
-    };
-    match Wgpu::with_options(&opts) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            eprintln!("wgpu model test skipped: {e}");
-            None
-        }
-    }
+    tern_wgpu::test_device(WgpuOptions::default())
 }
 
 /// relu² + GQA + untied head, and SiLU + MHA + tied embeddings.

@@ -1228,19 +1228,10 @@ mod tests {
     use tern_backend::{Backend, Cpu, TernaryCodes};
 
     fn gpu(max_binding: Option<u64>) -> Option<Wgpu> {
-        let opts = WgpuOptions {
-            force_fallback: std::env::var_os("TERN_WGPU_ADAPTER").is_none(),
-            adapter: std::env::var("TERN_WGPU_ADAPTER").ok(),
+        crate::test_device(WgpuOptions {
             max_binding,
             ..Default::default()
-        };
-        match Wgpu::with_options(&opts) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                eprintln!("skipped: {e}");
-                None
-            }
-        }
+        })
     }
 
     fn same(a: f32, b: f32) -> bool {
