@@ -301,6 +301,43 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    /// The dependency builds of the release `tern` (the demo's) are a subset
+    /// of those of `cargo test --workspace --release` (`cargo xtask test`):
+    /// same packages with the same features, so a fresh clone compiles the
+    /// heavy dependencies once for both README commands. A new
+    /// dev-dependency that turns on a feature breaks this; pin the feature in
+    /// tools/tern/Cargo.toml as bitflags' and memchr's are.
+    #[test]
+    fn release_tern_shares_the_test_builds_dependencies() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let tree = |args: &[&str]| -> std::collections::BTreeSet<String> {
+            let out = Command::new(env!("CARGO"))
+                .current_dir(&root)
+                .args(["tree", "--offline", "--prefix", "none", "-f", "{p} [{f}]"])
+                .args(args)
+                .output()
+                .expect("run cargo tree");
+            assert!(
+                out.status.success(),
+                "cargo tree {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| l.trim_end_matches(" (*)").to_string())
+                .collect()
+        };
+        let tern = tree(&["-p", "tern", "-e", "normal,build"]);
+        let tests = tree(&["--workspace", "-e", "normal,build,dev"]);
+        let only_tern: Vec<_> = tern.difference(&tests).collect();
+        assert!(
+            only_tern.is_empty(),
+            "the release tern builds these with features the workspace tests do not use, \
+             so `cargo xtask test` would compile them (and their dependents) again: \
+             {only_tern:?}"
+        );
+    }
+
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
