@@ -22,21 +22,14 @@ impl Rng {
         Rng(SplitMix64::new(state.wrapping_add(GOLDEN)))
     }
 
+    #[cfg(test)]
     pub(crate) fn next_u64(&mut self) -> u64 {
         self.0.next_u64()
     }
 
-    /// Uniform in `0..n` (`n > 0`), without modulo bias (Lemire's method).
+    /// Uniform in `0..n` (`n > 0`), without modulo bias.
     pub(crate) fn below(&mut self, n: usize) -> usize {
-        assert!(n > 0, "Rng::below(0)");
-        let n = n as u64;
-        let threshold = n.wrapping_neg() % n;
-        loop {
-            let m = u128::from(self.next_u64()) * u128::from(n);
-            if (m as u64) >= threshold {
-                return (m >> 64) as usize;
-            }
-        }
+        self.0.below_unbiased(n as u64) as usize
     }
 
     /// Uniform in `lo..=hi`.
@@ -57,10 +50,7 @@ impl Rng {
 
     /// Fisher-Yates shuffle.
     pub(crate) fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i + 1);
-            items.swap(i, j);
-        }
+        self.0.shuffle(items)
     }
 }
 

@@ -87,6 +87,30 @@ impl SplitMix64 {
         lo + (hi - lo) * self.next_f32()
     }
 
+    /// Uniform in `0..n` without modulo bias (Lemire's multiply-shift with
+    /// rejection): the draw behind shuffles and corpus sampling.
+    ///
+    /// # Panics
+    /// When `n == 0` (an empty range has no element to return).
+    pub fn below_unbiased(&mut self, n: u64) -> u64 {
+        assert!(n > 0, "SplitMix64::below_unbiased(0)");
+        let threshold = n.wrapping_neg() % n;
+        loop {
+            let m = u128::from(self.next_u64()) * u128::from(n);
+            if (m as u64) >= threshold {
+                return (m >> 64) as u64;
+            }
+        }
+    }
+
+    /// Fisher-Yates shuffle in place, drawing with [`Self::below_unbiased`].
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below_unbiased(i as u64 + 1) as usize;
+            v.swap(i, j);
+        }
+    }
+
     /// `next_u64() % n` (slightly biased for huge `n`; 0 when `n == 0`).
     /// For test inputs and shuffles where a fixed, simple map matters more
     /// than exact uniformity.
@@ -118,6 +142,22 @@ mod tests {
                 9817491932198370423
             ]
         );
+    }
+
+    #[test]
+    fn below_unbiased_of_a_power_of_two_is_the_top_bits() {
+        // 2^64 mod 2^k = 0: nothing is rejected and the result is the top
+        // k bits of the next output.
+        let (mut a, mut b) = (SplitMix64::new(9), SplitMix64::new(9));
+        for k in [1u32, 3, 17, 63] {
+            assert_eq!(a.below_unbiased(1 << k), b.next_u64() >> (64 - k));
+        }
+        let mut r = SplitMix64::new(3);
+        let mut counts = [0usize; 7];
+        for _ in 0..7000 {
+            counts[r.below_unbiased(7) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (850..1150).contains(c)), "{counts:?}");
     }
 
     #[test]

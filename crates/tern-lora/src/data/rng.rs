@@ -21,29 +21,14 @@ impl Rng {
         Rng(SplitMix64::new(h))
     }
 
+    #[cfg(test)]
     fn next_u64(&mut self) -> u64 {
         self.0.next_u64()
     }
 
-    /// Uniform in `0..n` (`n > 0`), without modulo bias.
-    fn below(&mut self, n: u64) -> u64 {
-        // Lemire's multiply-shift with rejection.
-        loop {
-            let x = self.next_u64();
-            let m = u128::from(x) * u128::from(n);
-            let low = m as u64;
-            if low >= n.wrapping_neg() % n {
-                return (m >> 64) as u64;
-            }
-        }
-    }
-
     /// Fisher-Yates shuffle in place.
     pub(crate) fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            v.swap(i, j);
-        }
+        self.0.shuffle(v)
     }
 }
 
@@ -83,16 +68,5 @@ mod tests {
                 0x05a8_bbb3_b687_eb5c
             ]
         );
-    }
-
-    #[test]
-    fn below_stays_in_range_and_covers_it() {
-        let mut r = Rng::new(1, "below", 0);
-        let mut seen = [false; 5];
-        for _ in 0..200 {
-            let v = r.below(5) as usize;
-            seen[v] = true;
-        }
-        assert!(seen.iter().all(|&s| s));
     }
 }
