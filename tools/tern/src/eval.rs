@@ -33,7 +33,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Prompt layout: chat (ChatML turns, stop at <|im_end|>) or text
-    /// (`prompt answer`, stop at </s>).
+    /// (`prompt answer`, stop at the end-of-sequence token).
     #[arg(long, default_value = "chat")]
     pub format: String,
     /// Most tokens generated per example, the stop token included.

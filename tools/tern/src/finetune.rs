@@ -108,7 +108,7 @@ impl LoopArgs {
 /// have one.
 #[derive(clap::Args, Debug)]
 pub struct FinetuneArgs {
-    /// Base model: .gguf, Hugging Face folder, or random:NAME[@SEED].
+    /// Base model: .gguf, Hugging Face folder, or random:NAME (random:NAME@SEED for another seed).
     #[arg(long, short = 'm')]
     pub model: String,
     /// Training data: .txt, or .jsonl with `text` or chat `messages`.

@@ -364,7 +364,7 @@ impl Dataset {
         order
     }
 
-    /// The micro-batch of training examples `indices`; see [`Self::assemble`].
+    /// The micro-batch of training examples `indices`, laid out as `assemble` describes.
     ///
     /// # Panics
     /// When an index is not below [`Self::train_len`].
