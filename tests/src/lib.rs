@@ -72,6 +72,21 @@ unsafe impl GlobalAlloc for LargestAlloc {
 
 pub use tern_backend::conformance::{in_ci, missing};
 
+/// Run the program `bin` (a test's `env!("CARGO_BIN_EXE_…")`) with `args` in
+/// the workspace root: (success, stdout, stderr).
+pub fn run_bin<S: AsRef<std::ffi::OsStr>>(bin: &str, args: &[S]) -> (bool, String, String) {
+    let out = Command::new(bin)
+        .current_dir(workspace_root())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {bin}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).expect("utf-8 stdout"),
+        String::from_utf8(out.stderr).expect("utf-8 stderr"),
+    )
+}
+
 /// `python` if it exists and `check` (a Python snippet) succeeds in it.
 fn python_with(python: PathBuf, check: &str) -> Option<PathBuf> {
     let ok = python.exists()

@@ -1,20 +1,8 @@
 //! Snapshots of `tern inspect` on committed fixtures (insta).
 
-use std::path::Path;
-use std::process::Command;
-
-fn tern(args: &[&str]) -> (bool, String, String) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .current_dir(root)
-        .args(args)
-        .output()
-        .expect("run tern");
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).expect("utf-8 stdout"),
-        String::from_utf8(out.stderr).expect("utf-8 stderr"),
-    )
+/// Run `tern ARGS` in the workspace root: (success, stdout, stderr).
+fn tern<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
+    tern_tests::run_bin(env!("CARGO_BIN_EXE_tern"), args)
 }
 
 #[test]

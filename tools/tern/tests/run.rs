@@ -1,23 +1,14 @@
 //! `tern logits` and `tern generate` end to end on the transformers fixtures.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn tern(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .current_dir(root())
-        .args(args)
-        .output()
-        .expect("run tern");
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).expect("utf-8 stdout"),
-        String::from_utf8(out.stderr).expect("utf-8 stderr"),
-    )
+/// Run `tern ARGS` in the workspace root: (success, stdout, stderr).
+fn tern<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
+    tern_tests::run_bin(env!("CARGO_BIN_EXE_tern"), args)
 }
 
 fn fixture_tokens() -> String {
