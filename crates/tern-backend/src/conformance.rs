@@ -76,6 +76,7 @@ macro_rules! conformance_tests {
             adamw_matches_pytorch,
             requantize_ternary_exact,
             fake_quant_act_exact,
+            fused_block_ops_match_composition,
         );
     };
     (@each $ctor:expr; $($name:ident),* $(,)?) => {
@@ -1831,5 +1832,161 @@ pub fn fake_quant_act_exact<B: Backend>(b: &B) {
             &down(b, &y),
             &reference::fake_quant_act(&x, rows, cols),
         );
+    }
+}
+
+/// EXACT: the fused inference steps ([`crate::fused`]: [`Backend::attn_in`],
+/// [`Backend::norm_ternary_residual`], [`Backend::ffn_in`]) give the values
+/// of their reference compositions of plain ops on the same backend, bit for
+/// bit: the rotated queries, the cache rows written (and the rows around
+/// them untouched), the residual sums and the gated activations. Shapes with
+/// grouped KV heads, widths that are not multiples of a block, 1 to 3 rows
+/// after a cached prefix (the decode path), a head size that is not a
+/// multiple of 8 and 9 rows (where a backend may fall back to the plain ops).
+pub fn fused_block_ops_match_composition<B: Backend>(b: &B) {
+    use crate::fused::{self, AttnIn, FfnIn, NormIn, RopeDims};
+    let mut rng = Rng::new(41);
+    // (hidden, heads, kv heads, head_dim, ffn, rows, cached rows)
+    for &(h, nh, nkv, hd, f, rows, n_past) in &[
+        (200usize, 4usize, 2usize, 16usize, 70usize, 1usize, 0usize),
+        (256, 8, 8, 32, 130, 1, 7),
+        (96, 2, 1, 48, 64, 3, 2),
+        (130, 3, 3, 10, 50, 2, 1),
+        (64, 2, 2, 32, 40, 9, 0),
+    ] {
+        let what = format!("[{rows} x {h}], {nh}/{nkv} heads of {hd}, ffn {f}, {n_past} cached");
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let ctx = n_past + rows + 2;
+        let weight = |rng: &mut Rng, out: usize, cols: usize| {
+            let codes = rng.codes(out * cols, 0.3);
+            let scale = rng.uniform(0.02, 0.5);
+            upload_codes(b, &codes, out, cols, scale)
+        };
+        let (wq, wk, wv) = (
+            weight(&mut rng, qd, h),
+            weight(&mut rng, kvd, h),
+            weight(&mut rng, kvd, h),
+        );
+        let (wo, wg, wu) = (
+            weight(&mut rng, h, qd),
+            weight(&mut rng, f, h),
+            weight(&mut rng, f, h),
+        );
+        let x = up(b, &rng.vec(rows * h, -3.0, 3.0));
+        let nw = up(b, &rng.vec(h, 0.5, 1.5));
+        let att = up(b, &rng.vec(rows * qd, -2.0, 2.0));
+        let nwo = up(b, &rng.vec(qd, 0.5, 1.5));
+        let res = up(b, &rng.vec(rows * h, -1.0, 1.0));
+        let cache0 = rng.vec(ctx * kvd, -1.0, 1.0);
+        let positions: Vec<u32> = (n_past..n_past + rows).map(|p| p as u32).collect();
+        let pos = b.upload_ids(&positions).expect("upload_ids");
+        let rope = RopeDims {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            theta: 10_000.0,
+        };
+        // every output: (q, k cache, v cache, o + residual, silu gate, relu2 gate)
+        let run = |fuse: bool| -> Vec<Vec<f32>> {
+            let z = |n: usize| up(b, &vec![f32::NAN; n]);
+            let (mut normed, mut rstd) = (z(rows * h), z(rows));
+            let (mut normed_o, mut rstd_o) = (z(rows * qd), z(rows));
+            let (mut q, mut k, mut v) = (z(rows * qd), z(rows * kvd), z(rows * kvd));
+            let (mut kc, mut vc) = (up(b, &cache0), up(b, &cache0));
+            let attn = AttnIn {
+                norm: NormIn {
+                    x: &x,
+                    weight: &nw,
+                    eps: 1e-5,
+                    rows,
+                    normed: &mut normed,
+                    rstd: &mut rstd,
+                },
+                wq: &wq,
+                wk: &wk,
+                wv: &wv,
+                pos: &pos,
+                rope,
+                q: &mut q,
+                k: &mut k,
+                v: &mut v,
+                k_cache: &mut kc,
+                v_cache: &mut vc,
+                n_past,
+            };
+            if fuse {
+                b.attn_in(attn)
+            } else {
+                fused::attn_in_unfused(b, attn)
+            }
+            let mut out = z(rows * h);
+            let norm = NormIn {
+                x: &att,
+                weight: &nwo,
+                eps: 1e-6,
+                rows,
+                normed: &mut normed_o,
+                rstd: &mut rstd_o,
+            };
+            if fuse {
+                b.norm_ternary_residual(norm, &wo, &res, &mut out)
+            } else {
+                fused::norm_ternary_residual_unfused(b, norm, &wo, &res, &mut out)
+            }
+            let mut outs = vec![down(b, &q), down(b, &kc), down(b, &vc), down(b, &out)];
+            for act in [Activation::Silu, Activation::Relu2] {
+                let (mut g, mut u, mut y) = (z(rows * f), z(rows * f), z(rows * f));
+                let ffn = FfnIn {
+                    norm: NormIn {
+                        x: &x,
+                        weight: &nw,
+                        eps: 1e-5,
+                        rows,
+                        normed: &mut normed,
+                        rstd: &mut rstd,
+                    },
+                    wg: &wg,
+                    wu: &wu,
+                    act,
+                    g: &mut g,
+                    u: &mut u,
+                    out: &mut y,
+                };
+                if fuse {
+                    b.ffn_in(ffn)
+                } else {
+                    fused::ffn_in_unfused(b, ffn)
+                }
+                outs.push(down(b, &y));
+            }
+            outs
+        };
+        let (got, want) = (run(true), run(false));
+        let names = [
+            "q",
+            "k cache",
+            "v cache",
+            "o + residual",
+            "silu gate",
+            "relu2 gate",
+        ];
+        for ((name, got), want) in names.iter().zip(&got).zip(&want) {
+            assert!(
+                want.iter().all(|v| v.is_finite()),
+                "{what}: {name}: composition not finite"
+            );
+            assert_exact(&format!("fused {name} {what}"), got, want);
+        }
+        // the cache rows outside the new ones are untouched
+        let new = n_past * kvd..(n_past + rows) * kvd;
+        for (i, (&kv, &c0)) in got[1].iter().zip(&cache0).enumerate() {
+            if !new.contains(&i) {
+                assert_eq!(
+                    kv.to_bits(),
+                    c0.to_bits(),
+                    "{what}: k cache element {i} changed"
+                );
+            }
+        }
     }
 }

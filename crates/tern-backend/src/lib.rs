@@ -54,6 +54,7 @@
 pub mod conformance;
 pub mod contract;
 pub mod cpu;
+pub mod fused;
 
 pub use cpu::Cpu;
 
@@ -481,6 +482,30 @@ pub trait Backend: Send + Sync {
         vocab: usize,
         grad_scale: f32,
     );
+
+    // ---- fused inference steps ------------------------------------------
+    /// RMSNorm, the q/k/v W1.58A8 products, RoPE on q and k and the
+    /// KV-cache append as one op (see [`fused`]); the default is the
+    /// reference composition [`fused::attn_in_unfused`].
+    fn attn_in(&self, a: fused::AttnIn<'_, Self>) {
+        fused::attn_in_unfused(self, a)
+    }
+    /// `out = residual + W · rmsnorm(x)` (the o and down projections with
+    /// their residual adds); default [`fused::norm_ternary_residual_unfused`].
+    fn norm_ternary_residual(
+        &self,
+        norm: fused::NormIn<'_, Self>,
+        w: &Self::Ternary,
+        residual: &Self::Buf,
+        out: &mut Self::Buf,
+    ) {
+        fused::norm_ternary_residual_unfused(self, norm, w, residual, out)
+    }
+    /// RMSNorm, the gate and up products and the gated activation as one
+    /// op; default [`fused::ffn_in_unfused`].
+    fn ffn_in(&self, a: fused::FfnIn<'_, Self>) {
+        fused::ffn_in_unfused(self, a)
+    }
 
     // ---- optimizer -------------------------------------------------------
     /// One decoupled-weight-decay Adam step (PyTorch `AdamW` semantics):

@@ -21,6 +21,7 @@
 use crate::config::BitNetConfig;
 use crate::keys::{Norm, Proj};
 use crate::model::{ActQuant, Layer};
+use tern_backend::fused::{AttnIn, FfnIn, NormIn, RopeDims};
 use tern_backend::{AttnDims, Backend, BackendError, Gemm};
 
 /// One projection call: which one, its packed weight and the row count.
@@ -42,6 +43,14 @@ pub trait BlockHooks<B: Backend> {
         x: &B::Buf,
         y: &mut B::Buf,
     ) -> Result<(), Self::Error>;
+
+    /// Whether every projection of layer `layer` is the plain W1.58A8
+    /// product (no deltas, no dropout), so that an inference step may run
+    /// the backend's fused ops ([`tern_backend::fused`]) instead of calling
+    /// [`BlockHooks::project`]. Default: no.
+    fn fusable(&self, _layer: usize) -> bool {
+        false
+    }
 }
 
 /// `y = x · W_tᵀ · scale` for `rows` rows: BitNet's W1.58A8 product, or the
@@ -82,6 +91,20 @@ pub fn causal_dims(cfg: &BitNetConfig, batch: usize, seq: usize) -> AttnDims {
         n_new: seq,
         n_past: 0,
         kv_len: seq,
+        n_heads: cfg.num_attention_heads,
+        n_kv_heads: cfg.n_kv_heads(),
+        head_dim: cfg.head_dim(),
+    }
+}
+
+/// Attention of `n_new` new rows over a cache of `ctx` positions holding
+/// `n_past` earlier ones.
+fn cache_dims(cfg: &BitNetConfig, n_new: usize, n_past: usize, ctx: usize) -> AttnDims {
+    AttnDims {
+        batch: 1,
+        n_new,
+        n_past,
+        kv_len: ctx,
         n_heads: cfg.num_attention_heads,
         n_kv_heads: cfg.n_kv_heads(),
         head_dim: cfg.head_dim(),
@@ -185,6 +208,13 @@ pub fn forward<B: Backend, H: BlockHooks<B> + ?Sized>(
         );
     };
 
+    let attend = match attend {
+        Attend::Cache { k, v, n_past, ctx } if hooks.fusable(l) => {
+            forward_fused(be, cfg, layer, x, pos, (k, v, n_past, ctx), a);
+            return Ok(());
+        }
+        other => other,
+    };
     norm(Norm::Attn, x, &mut a.n1, &mut a.rstd1);
     hooks.project(be, at(Proj::Q), &a.n1, &mut a.q)?;
     hooks.project(be, at(Proj::K), &a.n1, &mut a.k)?;
@@ -199,15 +229,7 @@ pub fn forward<B: Backend, H: BlockHooks<B> + ?Sized>(
         Attend::Cache { k, v, n_past, ctx } => {
             be.copy_range(&a.k, 0, k, n_past * kvd, rows * kvd);
             be.copy_range(&a.v, 0, v, n_past * kvd, rows * kvd);
-            let dims = AttnDims {
-                batch: 1,
-                n_new: rows,
-                n_past,
-                kv_len: ctx,
-                n_heads: nh,
-                n_kv_heads: nkv,
-                head_dim: hd,
-            };
+            let dims = cache_dims(cfg, rows, n_past, ctx);
             be.attention(&a.q, k, v, &mut a.att, &mut a.lse, dims);
         }
     }
@@ -223,6 +245,85 @@ pub fn forward<B: Backend, H: BlockHooks<B> + ?Sized>(
     hooks.project(be, at(Proj::Down), &a.a_n, &mut a.out)?;
     be.axpy(1.0, &a.h, &mut a.out);
     Ok(())
+}
+
+/// [`forward`] with a KV cache `(k, v, n_past, ctx)` through the backend's
+/// fused ops: five calls (four fused ops and the attention) instead of some
+/// twenty. Only `a.out` (and `a.q`, `a.att`, `a.h`, `a.a`) is meaningful
+/// afterwards; the other activations are the fused ops' scratch.
+fn forward_fused<B: Backend>(
+    be: &B,
+    cfg: &BitNetConfig,
+    layer: &Layer<B>,
+    x: &B::Buf,
+    pos: &B::Ids,
+    (kc, vc, n_past, ctx): (&mut B::Buf, &mut B::Buf, usize, usize),
+    a: &mut BlockActs<B>,
+) {
+    let (rows, eps) = (a.rows, cfg.rms_norm_eps);
+    let rope = RopeDims {
+        n_heads: cfg.num_attention_heads,
+        n_kv_heads: cfg.n_kv_heads(),
+        head_dim: cfg.head_dim(),
+        theta: cfg.rope_theta,
+    };
+    be.attn_in(AttnIn {
+        norm: NormIn {
+            x,
+            weight: layer.norm(Norm::Attn),
+            eps,
+            rows,
+            normed: &mut a.n1,
+            rstd: &mut a.rstd1,
+        },
+        wq: layer.proj(Proj::Q),
+        wk: layer.proj(Proj::K),
+        wv: layer.proj(Proj::V),
+        pos,
+        rope,
+        q: &mut a.q,
+        k: &mut a.k,
+        v: &mut a.v,
+        k_cache: kc,
+        v_cache: vc,
+        n_past,
+    });
+    let dims = cache_dims(cfg, rows, n_past, ctx);
+    be.attention(&a.q, kc, vc, &mut a.att, &mut a.lse, dims);
+    let sub = NormIn {
+        x: &a.att,
+        weight: layer.norm(Norm::AttnSub),
+        eps,
+        rows,
+        normed: &mut a.att_n,
+        rstd: &mut a.rstd2,
+    };
+    be.norm_ternary_residual(sub, layer.proj(Proj::O), x, &mut a.h);
+    be.ffn_in(FfnIn {
+        norm: NormIn {
+            x: &a.h,
+            weight: layer.norm(Norm::Ffn),
+            eps,
+            rows,
+            normed: &mut a.n2,
+            rstd: &mut a.rstd3,
+        },
+        wg: layer.proj(Proj::Gate),
+        wu: layer.proj(Proj::Up),
+        act: cfg.hidden_act.activation(),
+        g: &mut a.g,
+        u: &mut a.u,
+        out: &mut a.a,
+    });
+    let sub = NormIn {
+        x: &a.a,
+        weight: layer.norm(Norm::FfnSub),
+        eps,
+        rows,
+        normed: &mut a.a_n,
+        rstd: &mut a.rstd4,
+    };
+    be.norm_ternary_residual(sub, layer.proj(Proj::Down), &a.h, &mut a.out);
 }
 
 /// Logits `[rows, vocab]` of the final-normed hidden states `xn` through the

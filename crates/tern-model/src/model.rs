@@ -94,6 +94,8 @@ pub struct Model<B: Backend> {
     /// stays the same (every decode step), so decoding allocates nothing.
     work: Option<Work<B>>,
     act_quant: ActQuant,
+    /// Whether inference runs the backend's fused block ops where it can.
+    fused: bool,
     /// Low-rank deltas (LoRA) per projection, applied in the order added.
     lora: HashMap<(usize, Proj), Vec<LowRank<B>>>,
 }
@@ -207,6 +209,7 @@ struct Infer<'a, B: Backend> {
     /// `[n, rank]` scratch per distinct rank, ascending by `ranks`.
     t: &'a mut [B::Buf],
     ranks: &'a [usize],
+    fused: bool,
 }
 
 impl<B: Backend> BlockHooks<B> for Infer<'_, B> {
@@ -232,6 +235,12 @@ impl<B: Backend> BlockHooks<B> for Infer<'_, B> {
             be.matmul(t, &d.b, y, up.accumulate());
         }
         Ok(())
+    }
+
+    fn fusable(&self, layer: usize) -> bool {
+        self.fused
+            && self.mode == ActQuant::PerTokenInt8
+            && !self.lora.keys().any(|&(l, _)| l == layer)
     }
 }
 
@@ -302,6 +311,7 @@ impl<B: Backend> Model<B> {
             cache: None,
             work: None,
             act_quant: ActQuant::default(),
+            fused: true,
             lora: HashMap::new(),
         })
     }
@@ -388,6 +398,14 @@ impl<B: Backend> Model<B> {
         self.act_quant = q;
     }
 
+    /// Run inference steps through the backend's fused block ops
+    /// ([`tern_backend::fused`]; the default) or through the plain op
+    /// sequence. Both give the same values; the plain sequence is what
+    /// layers with LoRA deltas or float activations always run.
+    pub fn set_fused(&mut self, fused: bool) {
+        self.fused = fused;
+    }
+
     /// The current activation mode.
     pub fn activation_quant(&self) -> ActQuant {
         self.act_quant
@@ -471,6 +489,7 @@ impl<B: Backend> Model<B> {
             lora: &self.lora,
             t: &mut w.t,
             ranks: &w.lora_ranks,
+            fused: self.fused,
         };
         for (l, layer) in self.layers.iter().enumerate() {
             let attend = Attend::Cache {

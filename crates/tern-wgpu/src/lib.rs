@@ -416,6 +416,21 @@ impl Backend for Wgpu {
         )
     }
 
+    fn attn_in(&self, a: tern_backend::fused::AttnIn<'_, Self>) {
+        ops::fused::attn_in(self, a)
+    }
+    fn norm_ternary_residual(
+        &self,
+        norm: tern_backend::fused::NormIn<'_, Self>,
+        w: &WTernary,
+        residual: &WBuf,
+        out: &mut WBuf,
+    ) {
+        ops::fused::norm_ternary_residual(self, norm, w, residual, out)
+    }
+    fn ffn_in(&self, a: tern_backend::fused::FfnIn<'_, Self>) {
+        ops::fused::ffn_in(self, a)
+    }
     fn adamw(&self, p: &mut WBuf, g: &WBuf, m: &mut WBuf, v: &mut WBuf, h: AdamW) {
         ops::elementwise::adamw(self, p, g, m, v, h)
     }

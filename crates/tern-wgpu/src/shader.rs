@@ -27,6 +27,8 @@ pub(crate) const MODULES: &[(&str, &str)] = &[
         include_str!("shaders/attention_common.wgsl"),
     ),
     ("gemm_params", include_str!("shaders/gemm_params.wgsl")),
+    ("rope_phase", include_str!("shaders/rope_phase.wgsl")),
+    ("tree_sum", include_str!("shaders/tree_sum.wgsl")),
     ("softmax_row", include_str!("shaders/softmax_row.wgsl")),
     (
         "ternary_product_params",

@@ -12,6 +12,7 @@ pub(crate) mod attention;
 pub(crate) mod basic;
 pub(crate) mod elementwise;
 pub(crate) mod embedding;
+pub(crate) mod fused;
 pub(crate) mod gemm;
 pub(crate) mod loss;
 pub(crate) mod norm;

@@ -42,6 +42,23 @@ fn fixed64(x: f64) -> [u32; 2] {
     [v as u32, (v >> 32) as u32]
 }
 
+/// `RopeParams::fr` for `theta` and `head_dim` (`head_dim / 2` at most
+/// `2^ROPE_POWERS`; the caller checks).
+pub(crate) fn rope_factors(theta: f32, head_dim: usize) -> [u32; 28] {
+    let mut fr = [0u32; 28];
+    fr[..2].copy_from_slice(&fixed64(1.0 / (2.0 * std::f64::consts::PI)));
+    for kk in 0..ROPE_POWERS {
+        let e = -2.0 * (1u64 << kk) as f64 / head_dim as f64;
+        fr[2 + 2 * kk..4 + 2 * kk].copy_from_slice(&fixed64((theta as f64).powf(e)));
+    }
+    fr
+}
+
+/// Whether the rope kernels take `theta` and `head_dim`.
+pub(crate) fn rope_supported(theta: f32, head_dim: usize) -> bool {
+    theta > 1.0 && theta.is_finite() && head_dim / 2 <= 1 << ROPE_POWERS
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rope(
     b: &Wgpu,
@@ -66,12 +83,7 @@ pub(crate) fn rope(
         half <= 1 << ROPE_POWERS,
         "wgpu rope: head_dim {head_dim} too large"
     );
-    let mut fr = [0u32; 28];
-    fr[..2].copy_from_slice(&fixed64(1.0 / (2.0 * std::f64::consts::PI)));
-    for kk in 0..ROPE_POWERS {
-        let e = -2.0 * (1u64 << kk) as f64 / head_dim as f64;
-        fr[2 + 2 * kk..4 + 2 * kk].copy_from_slice(&fixed64((theta as f64).powf(e)));
-    }
+    let fr = rope_factors(theta, head_dim);
     let pipe = b.ctx.pipeline("attn/rope", || preprocess(ROPE, &[], &[]));
     let w = b.ctx.window_elems();
     let hr_total = rows * n_heads;

@@ -47,16 +47,16 @@ pub(crate) const FLOAT_SUMK: &str = include_str!("../shaders/ternary_float_sumk.
 pub(crate) const REQUANT: &str = include_str!("../shaders/ternary_requant.wgsl");
 
 /// Codes per packed word.
-const CODES_PER_WORD: usize = 16;
+pub(crate) const CODES_PER_WORD: usize = 16;
 /// Rows are padded to a multiple of this many words (128 codes).
 const ROW_WORDS: usize = 8;
 /// Activation rows up to which the product takes the matvec kernel.
-const MV_MAX_ROWS: usize = 8;
+pub(crate) const MV_MAX_ROWS: usize = 8;
 /// Output features per workgroup of the matvec kernel.
 const MV_FEATURES: usize = 8;
 /// 16-byte groups of packed activations the fused matvec keeps in workgroup
 /// memory (16 KiB with its 16 atomic words).
-const MV_FUSED_VEC4: usize = 1020;
+pub(crate) const MV_FUSED_VEC4: usize = 1020;
 /// Tile of the tiled kernels (rows and features / columns).
 const TILE: usize = 64;
 /// The tiled integer product takes 64-row tiles when that gives at least this
@@ -259,7 +259,7 @@ pub(crate) fn ternary_shape(w: &WTernary) -> (usize, usize) {
 // ---- windows ------------------------------------------------------------------
 
 /// Elements spanned by `nr` rows of `nc` elements at row stride `stride`.
-fn span(stride: usize, nr: usize, nc: usize) -> usize {
+pub(crate) fn span(stride: usize, nr: usize, nc: usize) -> usize {
     if nr == 0 {
         0
     } else {
@@ -307,7 +307,12 @@ fn fit_block(
 
 /// A view of 4-element (16-byte) groups: `start` and `n` in u32 elements,
 /// multiples of 4; the shift is returned in groups.
-fn view4<'a>(b: &Wgpu, buf: &'a wgpu::Buffer, start: usize, n: usize) -> (View<'a>, u32) {
+pub(crate) fn view4<'a>(
+    b: &Wgpu,
+    buf: &'a wgpu::Buffer,
+    start: usize,
+    n: usize,
+) -> (View<'a>, u32) {
     debug_assert!(start % 4 == 0 && n % 4 == 0);
     let (v, s) = b.ctx.view(buf, start, n);
     debug_assert!(s % 4 == 0);
@@ -696,8 +701,9 @@ pub(crate) fn ternary_matmul(b: &Wgpu, w: &WTernary, x: &WBuf, y: &mut WBuf, row
     }
 }
 
-/// `ternary_mv.wgsl` for `nr` rows: the per-row sums as named registers.
-fn mv_shader(nr: usize, fused: bool) -> String {
+/// The slots of the matvec kernels (`ternary_mv.wgsl`, `ternary_fused.wgsl`)
+/// for `nr` rows: the per-row sums as named registers.
+pub(crate) fn mv_subs(nr: usize) -> Vec<(&'static str, String)> {
     let (mut decl, mut step2, mut step1, mut put, mut reduce) = (
         String::new(),
         String::new(),
@@ -721,21 +727,22 @@ fn mv_shader(nr: usize, fused: bool) -> String {
             "            wr({r}u * 256u + t, rd({r}u * 256u + t) + rd({r}u * 256u + t + s));\n"
         );
     }
+    vec![
+        ("NR", nr.to_string()),
+        ("RED", (nr * 256).to_string()),
+        ("XSV", MV_FUSED_VEC4.to_string()),
+        ("DECL", decl),
+        ("STEP2", step2),
+        ("STEP1", step1),
+        ("PUT", put),
+        ("REDUCE", reduce),
+    ]
+}
+
+/// `ternary_mv.wgsl` for `nr` rows.
+fn mv_shader(nr: usize, fused: bool) -> String {
     let defs: &[&str] = if fused { &["FUSED"] } else { &[] };
-    shader(
-        MV,
-        defs,
-        &[
-            ("NR", nr.to_string()),
-            ("RED", (nr * 256).to_string()),
-            ("XSV", MV_FUSED_VEC4.to_string()),
-            ("DECL", decl),
-            ("STEP2", step2),
-            ("STEP1", step1),
-            ("PUT", put),
-            ("REDUCE", reduce),
-        ],
-    )
+    shader(MV, defs, &mv_subs(nr))
 }
 
 /// The W1.58A8 matvec in one dispatch per block (the kernel quantizes the

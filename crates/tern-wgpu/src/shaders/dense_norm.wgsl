@@ -56,20 +56,7 @@ struct P {
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;
 #endif
 
-var<workgroup> red: array<f32, 256>;
-
-// Sum of `v` over the workgroup (fixed tree); every thread gets the result.
-fn tree_sum(t: u32, v: f32) -> f32 {
-    red[t] = v;
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        workgroupBarrier();
-        if (t < s) {
-            red[t] += red[t + s];
-        }
-    }
-    workgroupBarrier();
-    return red[0];
-}
+//#include tree_sum
 
 @compute @workgroup_size(256)
 fn main(

@@ -1,0 +1,310 @@
+//#include exact
+//#include rope_phase
+//#include tree_sum
+// The fused inference step of a block (tern_backend::fused): RMSNorm, the
+// int8 quantizer and up to three W1.58A8 products in one dispatch, with an
+// epilogue per variant:
+// - QKV: q, k and v of x; RoPE on q and k; k and v written into the caches
+//   (their views start at the first new row), q into y0.
+// - GATE with SILU or RELU2: act(gate) * up into y0.
+// - RESID: res + W n into y0.
+//
+// Every workgroup normalizes and quantizes the (at most {{NR}}) activation
+// rows itself, exactly as `dense/rms` followed by `ternary/mv/fused` do (the
+// same sum of squares in the same order, (x r) w, the row absmax, round half
+// to even), then takes 8 output features, 32 lanes each, as
+// `ternary_mv.wgsl` does. The features of a workgroup are chosen so that its
+// epilogue has what it needs: for QKV, 4 rotation pairs (i, i + hd/2) of one
+// head of q or k (or 8 rows of v); for GATE, rows j..j+4 of gate and of up.
+struct P {
+    fr: array<vec4<u32>, 7>,
+    // per segment (weight 0, 1, 2): view shifts of the packed weights (in
+    // vec4), of the scales and of the outputs, output row strides, features
+    sw: vec4<u32>,
+    sc: vec4<u32>,
+    sy: vec4<u32>,
+    ys: vec4<u32>,
+    ns: vec4<u32>,
+    // first workgroup of segments 1 and 2 (QKV)
+    wg: vec4<u32>,
+    cols: u32,
+    nr: u32,
+    // vec4 per weight row; weight words holding columns (a multiple of 4)
+    wpr4: u32,
+    nk: u32,
+    sx: u32,
+    sn: u32,
+    sr: u32,
+    sp: u32,
+    half: u32,
+    hd: u32,
+    eps: f32,
+    // 1e-5 as f32 bits
+    qeps: u32,
+}
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> nw: array<f32>;
+@group(0) @binding(3) var<storage, read> w0: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> s0: array<f32>;
+#ifdef RESID
+@group(0) @binding(5) var<storage, read> res: array<f32>;
+@group(0) @binding(6) var<storage, read_write> y0: array<f32>;
+#endif
+#ifdef GATE
+@group(0) @binding(5) var<storage, read> w1: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read> s1: array<f32>;
+@group(0) @binding(7) var<storage, read_write> y0: array<f32>;
+#endif
+#ifdef QKV
+@group(0) @binding(5) var<storage, read> w1: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read> s1: array<f32>;
+@group(0) @binding(7) var<storage, read> w2: array<vec4<u32>>;
+@group(0) @binding(8) var<storage, read> s2: array<f32>;
+@group(0) @binding(9) var<storage, read> pos: array<u32>;
+@group(0) @binding(10) var<storage, read_write> y0: array<f32>;
+@group(0) @binding(11) var<storage, read_write> y1: array<f32>;
+@group(0) @binding(12) var<storage, read_write> y2: array<f32>;
+#endif
+
+const NR: u32 = {{NR}}u;
+const LANES: u32 = 32u;
+const M2: u32 = 0x03030303u;
+const XSV: u32 = {{XSV}}u;
+// The packed activations (reused for the reduction), per-row max bits, Σ q,
+// inverse RMS, and the 8 features' values per row.
+var<workgroup> xs: array<vec4<u32>, XSV>;
+var<workgroup> amax: array<atomic<u32>, 8>;
+var<workgroup> qsum: array<atomic<i32>, 8>;
+var<workgroup> rstd: array<f32, 8>;
+var<workgroup> vals: array<f32, 64>;
+
+fn rd(i: u32) -> i32 {
+    return bitcast<i32>(xs[i >> 2u][i & 3u]);
+}
+
+fn wr(i: u32, v: i32) {
+    xs[i >> 2u][i & 3u] = bitcast<u32>(v);
+}
+
+// Packed vec4 j (0..4) of weight vec4 k of row r.
+fn xv(r: u32, k: u32, j: u32) -> vec4<u32> {
+    return xs[r * p.nk + j * (p.nk / 4u) + k];
+}
+
+fn dot16(wd: u32, xw: vec4<u32>) -> i32 {
+    return dot4I8Packed(wd & M2, xw.x) + dot4I8Packed((wd >> 2u) & M2, xw.y)
+        + dot4I8Packed((wd >> 4u) & M2, xw.z) + dot4I8Packed((wd >> 6u) & M2, xw.w);
+}
+
+// Σ u·x over weight vec4 k (4 words, 64 columns) of row r.
+fn dot64(wv: vec4<u32>, r: u32, k: u32) -> i32 {
+    return dot16(wv.x, xv(r, k, 0u)) + dot16(wv.y, xv(r, k, 1u)) + dot16(wv.z, xv(r, k, 2u))
+        + dot16(wv.w, xv(r, k, 3u));
+}
+
+// Weight vec4 i (relative to its row block) of segment sg, and its scale.
+fn wload(sg: u32, i: u32) -> vec4<u32> {
+#ifndef RESID
+    if (sg == 1u) {
+        return w1[p.sw.y + i];
+    }
+#endif
+#ifdef QKV
+    if (sg == 2u) {
+        return w2[p.sw.z + i];
+    }
+#endif
+    return w0[p.sw.x + i];
+}
+
+fn wscale(sg: u32) -> f32 {
+#ifndef RESID
+    if (sg == 1u) {
+        return s1[p.sc.y];
+    }
+#endif
+#ifdef QKV
+    if (sg == 2u) {
+        return s2[p.sc.z];
+    }
+#endif
+    return s0[p.sc.x];
+}
+
+// (segment, feature) of feature group g of workgroup `id`.
+fn feature(id: u32, g: u32) -> vec2<u32> {
+#ifdef QKV
+    if (id >= p.wg.z) {
+        return vec2<u32>(2u, (id - p.wg.z) * 8u + g);
+    }
+    var sg = 0u;
+    var wl = id;
+    if (id >= p.wg.y) {
+        sg = 1u;
+        wl = id - p.wg.y;
+    }
+    // 4 rotation pairs of one head: features i and i + hd/2
+    let blocks = p.half / 4u;
+    let i = (wl % blocks) * 4u + g % 4u;
+    return vec2<u32>(sg, (wl / blocks) * p.hd + i + (g / 4u) * p.half);
+#endif
+#ifdef GATE
+    return vec2<u32>(g / 4u, id * 4u + g % 4u);
+#endif
+#ifdef RESID
+    return vec2<u32>(0u, id * 8u + g);
+#endif
+}
+
+// The gate's activation (dense/gate: act(g) * u).
+#ifdef SILU
+fn act(gv: f32) -> f32 {
+    return gv / (1.0 + exp(-gv));
+}
+#endif
+#ifdef RELU2
+fn act(gv: f32) -> f32 {
+    let r = max(gv, 0.0);
+    return r * r;
+}
+#endif
+
+// Row r's normalized value at column c (dense/rms: (x r) w).
+fn normed(r: u32, c: u32) -> f32 {
+    return (x[p.sx + r * p.cols + c] * rstd[r]) * nw[p.sn + c];
+}
+
+@compute @workgroup_size(256)
+fn main(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let g = t / LANES;
+    let lane = t % LANES;
+    let id = wg.y * nwg.x + wg.x;
+    let f = feature(id, g);
+    let sg = f.x;
+    let o = f.y;
+    let live = o < p.ns[sg];
+    if (t < 8u) {
+        atomicStore(&amax[t], 0u);
+        atomicStore(&qsum[t], 0);
+    }
+    // RMSNorm: the inverse RMS of each row
+    for (var r = 0u; r < p.nr; r++) {
+        let xb = p.sx + r * p.cols;
+        var acc = 0.0;
+        for (var i = t; i < p.cols; i += 256u) {
+            let v = x[xb + i];
+            acc += v * v;
+        }
+        let ss = tree_sum(t, acc);
+        if (t == 0u) {
+            rstd[r] = 1.0 / sqrt(ss / f32(p.cols) + p.eps);
+        }
+        workgroupBarrier();
+    }
+    // Row max |n| as bits (NaN's bits exceed infinity's: NaN is kept)
+    for (var r = 0u; r < p.nr; r++) {
+        var m = 0u;
+        for (var c = t; c < p.cols; c += 256u) {
+            m = max(m, bitcast<u32>(normed(r, c)) & 0x7fffffffu);
+        }
+        atomicMax(&amax[r], m);
+    }
+    workgroupBarrier();
+    let xk4 = p.nk / 4u;
+    for (var r = 0u; r < p.nr; r++) {
+        let a = fdiv(127.0, bitcast<f32>(max(atomicLoad(&amax[r]), p.qeps)));
+        var sum = 0i;
+        for (var wi = t; wi < 4u * p.nk; wi += 256u) {
+            var word = 0u;
+            for (var i = 0u; i < 4u; i++) {
+                let c = 4u * wi + i;
+                if (c < p.cols) {
+                    let v = normed(r, c) * a;
+                    var q = 0i;
+                    if ((bitcast<u32>(v) & 0x7fffffffu) <= 0x7f800000u) {
+                        q = i32(clamp(round(v), -128.0, 127.0));
+                    }
+                    sum += q;
+                    word |= (bitcast<u32>(q) & 0xffu) << (8u * i);
+                }
+            }
+            let v = wi / 4u;
+            xs[r * p.nk + (v % 4u) * xk4 + v / 4u][wi % 4u] = word;
+        }
+        atomicAdd(&qsum[r], sum);
+    }
+    workgroupBarrier();
+{{DECL}}    if (live) {
+        let wb = o * p.wpr4;
+        let nk4 = p.nk / 4u;
+        var k = lane;
+        for (; k + LANES < nk4; k += 2u * LANES) {
+            let w0 = wload(sg, wb + k);
+            let w1 = wload(sg, wb + k + LANES);
+{{STEP2}}        }
+        if (k < nk4) {
+            let w0 = wload(sg, wb + k);
+{{STEP1}}        }
+    }
+    // xs is reused for the reduction
+    workgroupBarrier();
+{{PUT}}    workgroupBarrier();
+    for (var s = LANES / 2u; s > 0u; s = s >> 1u) {
+        if (lane < s) {
+{{REDUCE}}        }
+        workgroupBarrier();
+    }
+    if (live && lane < p.nr) {
+        let r = lane;
+        let total = rd(r * 256u + g * LANES);
+        let a = fdiv(127.0, bitcast<f32>(max(atomicLoad(&amax[r]), p.qeps)));
+        let sx = atomicLoad(&qsum[r]);
+        vals[r * 8u + g] = fdiv(exact_i2f(total - sx) * wscale(sg), a);
+    }
+    workgroupBarrier();
+    // epilogue: thread t takes row t / 8 of feature group t % 8
+    let r = t / 8u;
+    let ge = t % 8u;
+    if (r >= p.nr) {
+        return;
+    }
+    let fe = feature(id, ge);
+    if (fe.y >= p.ns[fe.x]) {
+        return;
+    }
+    let val = vals[t];
+#ifdef RESID
+    let yi = r * p.ys.x + fe.y;
+    y0[p.sy.x + yi] = val + res[p.sr + yi];
+#endif
+#ifdef GATE
+    if (ge < 4u) {
+        y0[p.sy.x + r * p.ys.x + fe.y] = act(val) * vals[t + 4u];
+    }
+#endif
+#ifdef QKV
+    if (fe.x == 2u) {
+        y2[p.sy.z + r * p.ys.z + fe.y] = val;
+    } else if (ge < 4u) {
+        let cs = rope_cs(fe.y % p.hd, pos[p.sp + r]);
+        let c = cs.x;
+        let s = cs.y;
+        let x1 = val;
+        let x2 = vals[t + 4u];
+        let o1 = x1 * c - x2 * s;
+        let o2 = x2 * c + x1 * s;
+        if (fe.x == 0u) {
+            y0[p.sy.x + r * p.ys.x + fe.y] = o1;
+            y0[p.sy.x + r * p.ys.x + fe.y + p.half] = o2;
+        } else {
+            y1[p.sy.y + r * p.ys.y + fe.y] = o1;
+            y1[p.sy.y + r * p.ys.y + fe.y + p.half] = o2;
+        }
+    }
+#endif
+}
