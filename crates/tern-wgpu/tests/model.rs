@@ -1,5 +1,6 @@
 //! Whole models on wgpu against the CPU backend: logits of tiny models
-//! (prefill and KV-cache decode) within 1e-3, and 20 LoRA training steps
+//! (prefill and KV-cache decode) within 1e-3, the fused decode path equal
+//! to the plain one bit for bit, and 20 LoRA training steps
 //! whose losses follow the CPU's within 1e-3 relative. Device failures come
 //! back as errors. Without an adapter each test says why it was skipped (fails under CI=true).
 
@@ -76,6 +77,37 @@ fn tiny_model_logits_match_the_cpu() {
         );
         let d = max_diff(&a, &b);
         assert!(d <= 1e-3, "config {}: float-mode logits differ by {d}", ci);
+    }
+}
+
+/// The fused block steps against the plain op sequence on the same device:
+/// the same logits bit for bit, over a short prompt (taken by the fused
+/// kernels, at most 8 rows) and decode steps.
+#[test]
+fn fused_and_unfused_inference_give_the_same_logits() {
+    let Some(_) = gpu() else { return };
+    for (ci, cfg) in configs().into_iter().enumerate() {
+        let w = RandomWeights::new(cfg.clone(), 9);
+        let mut runs = Vec::new();
+        for fused in [true, false] {
+            let mut m = Model::load(gpu().expect("adapter"), &w).expect("wgpu model");
+            m.set_fused(fused);
+            m.set_context(16).expect("context");
+            let mut logits = m.forward(&[3, 1, 4, 1, 5], true).unwrap();
+            for t in [9u32, 2, 6] {
+                logits.extend(m.forward(&[t], false).unwrap());
+            }
+            runs.push(logits);
+        }
+        let same = runs[0]
+            .iter()
+            .zip(&runs[1])
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        let d = max_diff(&runs[0], &runs[1]);
+        assert!(
+            same,
+            "config {ci}: fused and unfused logits differ (max {d})"
+        );
     }
 }
 
