@@ -20,6 +20,13 @@ use tern_backend::BackendError;
 pub(crate) const SLOT: u64 = 256;
 /// Slots in one parameter arena; a full arena flushes the encoder.
 const SLOTS: u64 = 8192;
+/// Dispatches recorded before the encoder is submitted without waiting for
+/// a download: the device starts on the first ones while the host records
+/// the rest (a decode step is some 120 dependent dispatches whose recording
+/// and submission cost the host about as much as the device spends running
+/// them). `TERN_WGPU_SUBMIT_EVERY` overrides it (a tuning knob).
+const SUBMIT_EVERY: u64 = 32;
+
 /// Threads per workgroup of the element-wise kernels.
 pub(crate) const WG: u32 = 256;
 
@@ -211,6 +218,8 @@ pub(crate) struct Ctx {
     pub pool: Arc<Mutex<Pool>>,
     stats: Mutex<Stats>,
     profile: bool,
+    /// Dispatches per submission (see [`SUBMIT_EVERY`]).
+    submit_every: u64,
     /// What [`Ctx::scratch_or_defer`] hands out when allocation fails.
     stand_in: wgpu::Buffer,
     /// Tests: fail every new scratch allocation as out of memory.
@@ -398,6 +407,11 @@ impl Ctx {
             pool: Arc::new(Mutex::new(Pool::default())),
             stats: Mutex::new(Stats::default()),
             profile: std::env::var("TERN_WGPU_STATS").is_ok_and(|v| v == "profile"),
+            submit_every: std::env::var("TERN_WGPU_SUBMIT_EVERY")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(SUBMIT_EVERY),
             stand_in,
             refuse_scratch: Default::default(),
         })
@@ -870,7 +884,11 @@ impl Ctx {
         pass.set_pipeline(&k.pipeline);
         pass.set_bind_group(0, &bg, &[slot]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        let submit = rec.params.len() as u64 >= SLOT * self.submit_every;
         drop(guard);
+        if submit {
+            self.flush();
+        }
         self.stat(|s| {
             s.dispatches += 1;
             s.record_s += t.elapsed().as_secs_f64();
