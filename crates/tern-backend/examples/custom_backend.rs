@@ -85,6 +85,9 @@ impl<B: Backend> Backend for Counting<B> {
     fn download(&self, buf: &B::Buf) -> Result<Vec<f32>, BackendError> {
         self.inner.download(buf)
     }
+    fn download_ids(&self, ids: &B::Ids) -> Result<Vec<u32>, BackendError> {
+        self.inner.download_ids(ids)
+    }
     fn len(&self, buf: &B::Buf) -> usize {
         self.inner.len(buf)
     }
@@ -257,6 +260,18 @@ impl<B: Backend> Backend for Counting<B> {
         self.count("cross_entropy");
         self.inner
             .cross_entropy(logits, targets, loss, dlogits, rows, vocab, grad_scale)
+    }
+
+    fn argmax(
+        &self,
+        x: &B::Buf,
+        rows: usize,
+        cols: usize,
+        out: &mut B::Ids,
+        hist: Option<(&mut B::Ids, usize)>,
+    ) {
+        self.count("argmax");
+        self.inner.argmax(x, rows, cols, out, hist)
     }
 
     fn adamw(&self, p: &mut B::Buf, g: &B::Buf, m: &mut B::Buf, v: &mut B::Buf, h: AdamW) {

@@ -77,6 +77,7 @@ macro_rules! conformance_tests {
             requantize_ternary_exact,
             fake_quant_act_exact,
             fused_block_ops_match_composition,
+            argmax_reference,
         );
     };
     (@each $ctor:expr; $($name:ident),* $(,)?) => {
@@ -1988,5 +1989,61 @@ pub fn fused_block_ops_match_composition<B: Backend>(b: &B) {
                 );
             }
         }
+    }
+}
+
+/// EXACT: [`Backend::argmax`] against the sequential scan
+/// ([`crate::argmax_row`]) over rows with ties, signed zeros, infinities,
+/// NaN (leading, trailing, whole rows) and a vocabulary-sized row, and the
+/// copy into a history buffer at an offset.
+pub fn argmax_reference<B: Backend>(b: &B) {
+    let mut rng = Rng::new(43);
+    let nan = f32::NAN;
+    let special: Vec<Vec<f32>> = vec![
+        vec![1.0, 3.0, 3.0, 2.0],
+        vec![nan, nan, 0.5, 0.5, nan],
+        vec![nan, nan, nan],
+        vec![-0.0, 0.0, -1.0],
+        vec![f32::NEG_INFINITY, f32::NEG_INFINITY],
+        vec![2.0, f32::INFINITY, nan, f32::INFINITY],
+        vec![-5.0],
+    ];
+    for row in &special {
+        let cols = row.len();
+        let mut out = b.upload_ids(&[7]).expect("upload_ids");
+        b.argmax(&up(b, row), 1, cols, &mut out, None);
+        let got = b.download_ids(&out).expect("download_ids");
+        assert_eq!(got, [crate::argmax_row(row)], "argmax of {row:?}");
+    }
+    for &(rows, cols) in &[(1usize, 1usize), (3, 7), (5, 300), (2, 32002)] {
+        let mut x = rng.vec(rows * cols, -4.0, 4.0);
+        // plant ties with the maximum and a NaN in each row
+        for r in 0..rows {
+            let row = &mut x[r * cols..(r + 1) * cols];
+            let m = row.iter().cloned().fold(f32::MIN, f32::max);
+            let j = rng.below(cols);
+            row[j] = m;
+            let k = rng.below(cols);
+            if cols > 1 {
+                row[k] = nan;
+            }
+        }
+        let want: Vec<u32> = x.chunks(cols).map(crate::argmax_row).collect();
+        let mut out = b.upload_ids(&vec![u32::MAX; rows]).expect("upload_ids");
+        let mut hist = b.upload_ids(&vec![9; rows + 3]).expect("upload_ids");
+        b.argmax(&up(b, &x), rows, cols, &mut out, Some((&mut hist, 2)));
+        assert_eq!(
+            b.download_ids(&out).expect("ids"),
+            want,
+            "argmax [{rows}, {cols}]"
+        );
+        let mut h = vec![9, 9];
+        h.extend(&want);
+        h.push(9);
+        assert_eq!(
+            b.download_ids(&hist).expect("ids"),
+            h,
+            "argmax history [{rows}, {cols}]"
+        );
     }
 }

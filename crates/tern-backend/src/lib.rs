@@ -115,6 +115,18 @@ pub fn dropout_keep(seed: u64, i: u32, p: f32) -> bool {
     h >= threshold
 }
 
+/// The sequential greedy choice [`Backend::argmax`]
+/// specifies, for one row.
+pub fn argmax_row(row: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, &x) in row.iter().enumerate() {
+        if x > row[best] || row[best].is_nan() {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 /// Errors a backend reports (device loss, out of memory, limits).
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -288,6 +300,8 @@ pub trait Backend: Send + Sync {
     fn write_ids(&self, buf: &mut Self::Ids, data: &[u32]);
     /// Copy the buffer to the host (synchronizes).
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>, BackendError>;
+    /// Copy the id buffer to the host (synchronizes).
+    fn download_ids(&self, ids: &Self::Ids) -> Result<Vec<u32>, BackendError>;
     fn len(&self, buf: &Self::Buf) -> usize;
     /// Bytes the packed weight occupies on the device.
     fn ternary_bytes(&self, w: &Self::Ternary) -> u64;
@@ -506,6 +520,21 @@ pub trait Backend: Send + Sync {
     fn ffn_in(&self, a: fused::FfnIn<'_, Self>) {
         fused::ffn_in_unfused(self, a)
     }
+
+    /// Greedy choice per row of `x [rows, cols]`: `out[r]` = the index of
+    /// the row's largest value, the first one on ties; NaN never wins over
+    /// a number (a row of NaN gives its last index), as a sequential scan
+    /// with `x > best || best.is_nan()` does. With `hist = (h, at)` the
+    /// indices are also written to `h[at + r]` (a decode loop's token
+    /// history, kept on the device).
+    fn argmax(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        cols: usize,
+        out: &mut Self::Ids,
+        hist: Option<(&mut Self::Ids, usize)>,
+    );
 
     // ---- optimizer -------------------------------------------------------
     /// One decoupled-weight-decay Adam step (PyTorch `AdamW` semantics):

@@ -193,6 +193,15 @@ impl<B: Backend> Work<B> {
     }
 }
 
+/// Where a step's input tokens come from.
+#[derive(Clone, Copy)]
+enum Feed<'a> {
+    Host(&'a [u32]),
+    /// The work buffers' ids, written on the device by the previous step's
+    /// argmax (one token).
+    Device,
+}
+
 /// Keys and values of every layer, `[ctx, n_kv_heads, head_dim]` each.
 struct KvCache<B: Backend> {
     k: Vec<B::Buf>,
@@ -441,45 +450,123 @@ impl<B: Backend> Model<B> {
     /// Run `tokens` after the cached ones; return logits `[rows, vocab]` for
     /// every new position (`all_logits`) or only for the last one.
     pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>, ModelError> {
-        if tokens.is_empty() {
-            return Err(ModelError::Empty);
+        self.step(Feed::Host(tokens), all_logits)?;
+        let work = self.work.as_ref().expect("left by step");
+        Ok(self.backend.download(&work.logits)?)
+    }
+
+    /// Greedy decoding kept on the device: feed `first` after the cached
+    /// tokens, then each step's most likely token, `n` steps in all, with no
+    /// host round trip per token (the choice is [`Backend::argmax`] of each
+    /// step's logits, the same as [`crate::sample::argmax`] on downloaded
+    /// ones). Returns the chosen tokens, ending at the first one in `stop`
+    /// (included; the host looks every few steps, so a few tokens past it
+    /// may have been computed, and are dropped from the cache). The last
+    /// token returned is not in the cache yet: the next call feeds it.
+    pub fn decode_greedy(
+        &mut self,
+        first: u32,
+        n: usize,
+        stop: &[u32],
+    ) -> Result<Vec<u32>, ModelError> {
+        /// Steps between looks for a stop token.
+        const LOOK: usize = 16;
+        if n == 0 {
+            return Ok(Vec::new());
         }
+        let start = self.cached_tokens();
+        self.check_room(n)?;
+        let vocab = self.cfg.vocab_size;
+        let mut hist = self.backend.upload_ids(&vec![0; n])?;
+        self.step(Feed::Host(&[first]), false)?;
+        let mut done = n;
+        for t in 0..n {
+            let w = self.work.as_mut().expect("left by step");
+            self.backend
+                .argmax(&w.logits, 1, vocab, &mut w.ids, Some((&mut hist, t)));
+            if t + 1 == n {
+                break;
+            }
+            if !stop.is_empty() && (t + 1) % LOOK == 0 {
+                let ids = self.backend.download_ids(&hist)?;
+                if let Some(s) = ids[..=t].iter().position(|i| stop.contains(i)) {
+                    done = s + 1;
+                    break;
+                }
+            }
+            self.step(Feed::Device, false)?;
+        }
+        let mut ids = self.backend.download_ids(&hist)?;
+        if let Some(s) = ids[..done].iter().position(|i| stop.contains(i)) {
+            done = s + 1;
+        }
+        ids.truncate(done);
+        // the cache holds `first` and every returned token but the last
+        if let Some(c) = &mut self.cache {
+            c.len = start + done;
+        }
+        Ok(ids)
+    }
+
+    /// An error unless `n` more tokens fit the context.
+    fn check_room(&mut self, n: usize) -> Result<(), ModelError> {
         if self.cache.is_none() {
             self.set_context(self.cfg.max_position_embeddings)?;
         }
-        let cfg = &self.cfg;
-        for (pos, &id) in tokens.iter().enumerate() {
-            if id as usize >= cfg.vocab_size {
-                return Err(ModelError::TokenOutOfRange {
-                    id,
-                    pos,
-                    vocab: cfg.vocab_size,
-                });
-            }
-        }
-        let cache = self.cache.as_mut().expect("allocated above");
-        let n = tokens.len();
-        let n_past = cache.len;
-        if n_past + n > cache.ctx {
+        let cache = self.cache.as_ref().expect("allocated above");
+        if cache.len + n > cache.ctx {
             return Err(ModelError::ContextFull {
                 needed: n,
-                cached: n_past,
+                cached: cache.len,
                 ctx: cache.ctx,
-                max_pos: cfg.max_position_embeddings,
+                max_pos: self.cfg.max_position_embeddings,
             });
         }
+        Ok(())
+    }
+
+    /// One forward step after the cached tokens, leaving the logits in the
+    /// work buffers: of `tokens` from the host, or of the one token the
+    /// previous step's argmax left in them ([`Feed::Device`]).
+    fn step(&mut self, feed: Feed<'_>, all_logits: bool) -> Result<(), ModelError> {
+        let n = match feed {
+            Feed::Host(tokens) => tokens.len(),
+            Feed::Device => 1,
+        };
+        if n == 0 {
+            return Err(ModelError::Empty);
+        }
+        if let Feed::Host(tokens) = feed {
+            let vocab = self.cfg.vocab_size;
+            if let Some((pos, &id)) = tokens
+                .iter()
+                .enumerate()
+                .find(|(_, &id)| id as usize >= vocab)
+            {
+                return Err(ModelError::TokenOutOfRange { id, pos, vocab });
+            }
+        }
+        self.check_room(n)?;
+        let cfg = &self.cfg;
+        let cache = self.cache.as_mut().expect("allocated by check_room");
+        let n_past = cache.len;
         let b = &self.backend;
         let mut lora_ranks: Vec<usize> = self.lora.values().flatten().map(|d| d.rank).collect();
         lora_ranks.sort_unstable();
         lora_ranks.dedup();
         let mut work = match self.work.take() {
             Some(w) if w.n == n && w.all_logits == all_logits && w.lora_ranks == lora_ranks => w,
+            _ if matches!(feed, Feed::Device) => {
+                unreachable!("a device-fed step follows a one-token step")
+            }
             // the old buffers are dropped before the new ones are allocated
             _ => Work::new(b, cfg, n, all_logits, lora_ranks)?,
         };
         let w = &mut work;
         let h = cfg.hidden_size;
-        b.write_ids(&mut w.ids, tokens);
+        if let Feed::Host(tokens) = feed {
+            b.write_ids(&mut w.ids, tokens);
+        }
         let positions: Vec<u32> = (n_past..n_past + n).map(|p| p as u32).collect();
         b.write_ids(&mut w.pos, &positions);
         b.embedding(&self.embed, &w.ids, &mut w.x, h);
@@ -530,9 +617,8 @@ impl<B: Backend> Model<B> {
             &w.last
         };
         block::logits(b, cfg, self.head(), last, &mut w.logits, rows);
-        let out = b.download(&w.logits);
         self.work = Some(work);
-        Ok(out?)
+        Ok(())
     }
 }
 

@@ -125,13 +125,7 @@ impl Sampler {
 
 /// Index of the largest logit (the first one on ties; NaN never wins).
 pub fn argmax(l: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, &x) in l.iter().enumerate() {
-        if x > l[best] || l[best].is_nan() {
-            best = i;
-        }
-    }
-    best as u32
+    tern_backend::argmax_row(l)
 }
 
 #[cfg(test)]

@@ -273,6 +273,10 @@ impl Backend for Wgpu {
         let bytes = self.ctx.read_bytes(&buf.buf, 0, buf.len as u64 * 4)?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
+    fn download_ids(&self, ids: &WIds) -> Result<Vec<u32>, BackendError> {
+        let bytes = self.ctx.read_bytes(&ids.buf, 0, ids.len as u64 * 4)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
     fn len(&self, buf: &WBuf) -> usize {
         buf.len
     }
@@ -430,6 +434,16 @@ impl Backend for Wgpu {
     }
     fn ffn_in(&self, a: tern_backend::fused::FfnIn<'_, Self>) {
         ops::fused::ffn_in(self, a)
+    }
+    fn argmax(
+        &self,
+        x: &WBuf,
+        rows: usize,
+        cols: usize,
+        out: &mut WIds,
+        hist: Option<(&mut WIds, usize)>,
+    ) {
+        ops::reduce::argmax(self, x, rows, cols, out, hist)
     }
     fn adamw(&self, p: &mut WBuf, g: &WBuf, m: &mut WBuf, v: &mut WBuf, h: AdamW) {
         ops::elementwise::adamw(self, p, g, m, v, h)

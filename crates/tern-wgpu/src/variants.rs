@@ -69,6 +69,12 @@ fn all() -> Vec<Variant> {
     let rp = size_of::<ReduceParams>();
     v.push(fixed("dense/reduce_sq", REDUCE_SRC, &["SQUARE"], rp));
     v.push(fixed("dense/reduce", REDUCE_SRC, &["PLAIN"], rp));
+    v.push(fixed(
+        "dense/argmax",
+        ops::reduce::ARGMAX_SRC,
+        &[],
+        size_of::<ops::reduce::ArgmaxParams>(),
+    ));
     v.push(fixed("dense/reduce_DOT3", REDUCE_SRC, &["DOT3"], rp));
     let ep = size_of::<ElemParams>();
     for (key, defs) in [

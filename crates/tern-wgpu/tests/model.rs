@@ -8,6 +8,7 @@ use tern_backend::{Backend, BackendError, Cpu};
 use tern_lora::{Adapter, LoraConfig, Trainer};
 use tern_model::model::ActQuant;
 use tern_model::random::RandomWeights;
+use tern_model::sample::argmax;
 use tern_model::{BitNetConfig, Model};
 use tern_wgpu::{Wgpu, WgpuOptions};
 
@@ -109,6 +110,43 @@ fn fused_and_unfused_inference_give_the_same_logits() {
             "config {ci}: fused and unfused logits differ (max {d})"
         );
     }
+}
+
+/// Greedy decoding on the device (`Model::decode_greedy`) picks the tokens
+/// the host loop (download the logits, `sample::argmax`) picks, stops at a
+/// stop token with the cache rolled back to it, and continues from there as
+/// the host loop does; on the CPU and on wgpu.
+#[test]
+fn greedy_decoding_on_the_device_follows_the_host_loop() {
+    let Some(_) = gpu() else { return };
+    let cfg = configs().remove(1);
+    let w = RandomWeights::new(cfg, 11);
+    check_greedy(Model::load(Cpu::with_threads(2), &w).expect("cpu model"));
+    check_greedy(Model::load(gpu().expect("adapter"), &w).expect("wgpu model"));
+}
+
+fn check_greedy<B: Backend>(mut m: Model<B>) {
+    let prompt = [3u32, 1, 4, 1, 5];
+    let n = 40;
+    m.set_context(64).expect("context");
+    let mut host = vec![argmax(&m.forward(&prompt, false).unwrap())];
+    for i in 0..n {
+        host.push(argmax(&m.forward(&[host[i]], false).unwrap()));
+    }
+    m.reset();
+    m.forward(&prompt, false).unwrap();
+    let got = m.decode_greedy(host[0], n, &[]).unwrap();
+    assert_eq!(got, host[1..], "{}: greedy tokens", m.backend.name());
+    // stop at the token of step 20 (its first occurrence)
+    let stop = host[20];
+    let at = host[1..].iter().position(|&t| t == stop).expect("present") + 1;
+    m.reset();
+    m.forward(&prompt, false).unwrap();
+    let got = m.decode_greedy(host[0], n, &[stop]).unwrap();
+    assert_eq!(got, host[1..=at], "{}: stopped tokens", m.backend.name());
+    assert_eq!(m.cached_tokens(), prompt.len() + at);
+    let next = argmax(&m.forward(&[host[at]], false).unwrap());
+    assert_eq!(next, host[at + 1], "{}: after the stop", m.backend.name());
 }
 
 #[test]

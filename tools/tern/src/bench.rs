@@ -22,7 +22,8 @@ pub struct BenchArgs {
     /// Prompt tokens for the prefill measurement (0 skips prefill and decode).
     #[arg(long, short = 'p', visible_alias = "n-prompt", default_value_t = 128)]
     pub prefill: usize,
-    /// Tokens decoded one at a time after the prompt (0 skips).
+    /// Tokens decoded one at a time after the prompt, greedily, the choice
+    /// made on the device (0 skips).
     #[arg(long, short = 'n', visible_alias = "n-gen", default_value_t = 64)]
     pub decode: usize,
     /// Timed LoRA training steps (0 skips); each step is one sequence of
@@ -201,8 +202,8 @@ fn bench_on<B: Backend>(a: &BenchArgs, backend: B) -> Result<BenchResult> {
         for _ in 0..a.warmup {
             model.reset();
             model.forward(&prompt, false)?;
-            for d in 0..a.decode.min(2) {
-                model.forward(&prompt[d..d + 1], false)?;
+            if a.decode > 0 {
+                model.decode_greedy(prompt[0], a.decode.min(2), &[])?;
             }
         }
         model.reset();
@@ -217,16 +218,10 @@ fn bench_on<B: Backend>(a: &BenchArgs, backend: B) -> Result<BenchResult> {
             r.prefill_tok_s.unwrap_or(0.0)
         );
         if a.decode > 0 {
-            let mut next = argmax(&logits);
-            let pb = bar(a.quiet, a.decode, "decode");
+            // greedy, the choice made on the device (no logits downloaded)
             let t = Instant::now();
-            for _ in 0..a.decode {
-                let l = model.forward(&[next], false)?;
-                next = argmax(&l);
-                pb.inc(1);
-            }
+            model.decode_greedy(argmax(&logits), a.decode, &[])?;
             let s = t.elapsed().as_secs_f64();
-            pb.finish_and_clear();
             r.decode_tok_s = Some(a.decode as f64 / s);
             eprintln!(
                 "decode: {} tokens in {:.3} s: {:.1} tok/s",

@@ -122,6 +122,9 @@ impl Backend for Cpu {
     fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>, BackendError> {
         Ok(buf.clone())
     }
+    fn download_ids(&self, ids: &Vec<u32>) -> Result<Vec<u32>, BackendError> {
+        Ok(ids.clone())
+    }
     fn len(&self, buf: &Vec<f32>) -> usize {
         buf.len()
     }
@@ -594,6 +597,24 @@ impl Backend for Cpu {
                     *l = ((m as f64 + s.ln()) - x[t] as f64) as f32;
                 }),
         });
+    }
+
+    fn argmax(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        cols: usize,
+        out: &mut Vec<u32>,
+        hist: Option<(&mut Vec<u32>, usize)>,
+    ) {
+        let h = hist.as_ref().map(|(h, at)| (h.len(), *at));
+        contract::argmax("cpu", x.len(), rows, cols, out.len(), h);
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = crate::argmax_row(&x[r * cols..(r + 1) * cols]);
+        }
+        if let Some((h, at)) = hist {
+            h[at..at + rows].copy_from_slice(out);
+        }
     }
 
     fn adamw(&self, p: &mut Vec<f32>, g: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, h: AdamW) {

@@ -7,7 +7,7 @@ use tern_backend::contract;
 
 use super::scratch;
 use crate::shader::preprocess;
-use crate::{WBuf, Wgpu};
+use crate::{WBuf, WIds, Wgpu};
 
 pub(crate) const REDUCE_SRC: &str = include_str!("../shaders/dense_reduce.wgsl");
 
@@ -133,4 +133,80 @@ pub(super) fn reduce_segment(
         sz: shifts[2],
     };
     b.ctx.dispatch(&pipe, &params, &views, [1, 1, 1]);
+}
+
+pub(crate) const ARGMAX_SRC: &str = include_str!("../shaders/argmax.wgsl");
+
+/// `struct P` of `shaders/argmax.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, Pod, Zeroable)]
+pub(crate) struct ArgmaxParams {
+    pub rows: u32,
+    pub cols: u32,
+    pub ld: u32,
+    pub c0: u32,
+    pub first: u32,
+    pub last: u32,
+    pub sx: u32,
+    pub so: u32,
+    pub sh: u32,
+    pub hist: u32,
+}
+
+/// One workgroup per row: rows in windows, or a row longer than one window
+/// segment by segment.
+pub(crate) fn argmax(
+    b: &Wgpu,
+    x: &WBuf,
+    rows: usize,
+    cols: usize,
+    out: &mut WIds,
+    hist: Option<(&mut WIds, usize)>,
+) {
+    let h = hist.as_ref().map(|(h, at)| (h.len, *at));
+    contract::argmax("wgpu", x.len, rows, cols, out.len, h);
+    let w = b.ctx.window_elems();
+    let pipe = b
+        .ctx
+        .pipeline("dense/argmax", || preprocess(ARGMAX_SRC, &[], &[]));
+    let cand = scratch(b, "dense/argmax_cand", 2 * rows.min(w / 2).max(1));
+    let has_hist = hist.is_some();
+    // (first row, rows, first column, columns) of each dispatch
+    let mut blocks = Vec::new();
+    if cols <= w {
+        let per = (w / cols).max(1);
+        for (r0, rn) in super::ranges(rows, per) {
+            blocks.push((r0, rn, 0, cols));
+        }
+    } else {
+        for r in 0..rows {
+            for (c0, cn) in super::ranges(cols, w) {
+                blocks.push((r, 1, c0, cn));
+            }
+        }
+    }
+    for (r0, rn, c0, cn) in blocks {
+        let (vx, sx) = b.ctx.view(&x.buf, r0 * cols + c0, (rn - 1) * cols + cn);
+        let (vo, so) = b.ctx.view(&out.buf, r0, rn);
+        // without a history the output is bound twice (never written there)
+        let (vh, sh) = match hist.as_ref() {
+            Some((h, at)) => b.ctx.view(&h.buf, *at + r0, rn),
+            None => b.ctx.view(&out.buf, r0, rn),
+        };
+        let (vc, _) = b.ctx.view(&cand, 0, 2 * rn);
+        let prm = ArgmaxParams {
+            rows: rn as u32,
+            cols: cn as u32,
+            ld: cols as u32,
+            c0: c0 as u32,
+            first: (c0 == 0) as u32,
+            last: (c0 + cn == cols) as u32,
+            sx,
+            so,
+            sh,
+            hist: has_hist as u32,
+        };
+        b.ctx
+            .dispatch(&pipe, &prm, &[vx, vo, vh, vc], b.ctx.grid(rn as u32));
+    }
 }
