@@ -9,11 +9,19 @@
 //! race with in-flight work. Host-to-device writes are recorded as copies from
 //! a staging buffer in the same encoder, which keeps them in program order
 //! with the dispatches around them.
+//!
+//! Every wait on the device is bounded (`crate::watchdog`): a device that
+//! does not finish a download, a synchronize or its own creation within
+//! `TERN_WGPU_TIMEOUT` seconds (default 120) is reported as lost, naming the
+//! wait, instead of hanging the process.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use tern_backend::BackendError;
+
+use crate::watchdog::{self, Stuck};
 
 /// Parameter slot size (the largest `min_uniform_buffer_offset_alignment`
 /// WebGPU allows).
@@ -30,6 +38,37 @@ const SUBMIT_EVERY: u64 = 32;
 /// Threads per workgroup of the element-wise kernels.
 pub(crate) const WG: u32 = 256;
 
+/// What `TERN_WGPU_STATS` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StatsMode {
+    /// Unset: nothing is printed.
+    Off,
+    /// Any other value: the runtime's counters at exit.
+    Counters,
+    /// `profile`: counters, and each dispatch submitted and waited for
+    /// alone, timed on the host per kernel (slow).
+    Profile,
+    /// `timestamps`: counters, and GPU time per kernel from timestamp
+    /// queries written after every dispatch (where the adapter offers them).
+    Timestamps,
+}
+
+impl StatsMode {
+    pub(crate) fn parse(value: Option<&str>) -> StatsMode {
+        match value {
+            None => StatsMode::Off,
+            Some("profile") => StatsMode::Profile,
+            Some("timestamps") => StatsMode::Timestamps,
+            Some(_) => StatsMode::Counters,
+        }
+    }
+
+    fn from_env() -> StatsMode {
+        let v = std::env::var_os("TERN_WGPU_STATS");
+        StatsMode::parse(v.as_ref().map(|v| v.to_str().unwrap_or("")))
+    }
+}
+
 /// Counters of the runtime's own work, printed at exit when the environment
 /// variable `TERN_WGPU_STATS` is set (where the host time of a run goes).
 #[derive(Default, Debug)]
@@ -44,7 +83,54 @@ pub(crate) struct Stats {
     /// With `TERN_WGPU_STATS=profile`: seconds and calls per kernel, each
     /// dispatch submitted and waited for alone (slow; for finding hot spots).
     kernels: HashMap<String, (f64, u64)>,
+    /// With `TERN_WGPU_STATS=timestamps`: GPU nanoseconds and dispatches per
+    /// kernel id.
+    gpu: HashMap<u32, (f64, u64)>,
 }
+
+/// Marks the timestamp written at the start of a compute pass.
+const PASS_START: u32 = u32::MAX;
+
+/// The GPU time of each dispatch in one submission's timestamps: `ticks[i]`
+/// was written after the dispatch of kernel `ids[i]`, or at the start of a
+/// pass where `ids[i]` is [`PASS_START`]; a dispatch gets the ticks since the
+/// timestamp before it (same pass), times `period_ns`. Ticks that run
+/// backwards (a reset counter) count as zero.
+pub(crate) fn attribute(ticks: &[u64], ids: &[u32], period_ns: f64) -> Vec<(u32, f64)> {
+    let mut out = Vec::with_capacity(ids.len());
+    for i in 1..ticks.len().min(ids.len()) {
+        if ids[i] != PASS_START {
+            out.push((
+                ids[i],
+                ticks[i].saturating_sub(ticks[i - 1]) as f64 * period_ns,
+            ));
+        }
+    }
+    out
+}
+
+/// `TERN_WGPU_STATS=timestamps` on an adapter with timestamp queries inside
+/// passes: one query set written during recording, resolved at each flush
+/// into a readback buffer that the next wait reads.
+struct Timestamps {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    /// Nanoseconds per timestamp tick (`Queue::get_timestamp_period`).
+    period_ns: f64,
+    /// Submitted readbacks not read yet.
+    pending: Mutex<Vec<Readback>>,
+}
+
+struct Readback {
+    buf: wgpu::Buffer,
+    /// The kernel id of each query ([`PASS_START`] for a pass start).
+    ids: Vec<u32>,
+    mapped: mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>,
+}
+
+/// Queries in the set: a submission holds at most this many timestamps (a
+/// full set flushes the encoder, as a full parameter arena does).
+const QUERIES: u32 = wgpu::QUERY_SET_MAX_QUERIES;
 
 /// Bytes of freed buffers the pool keeps at most; past it a freed buffer
 /// goes back to the device (a run whose shapes keep changing, such as
@@ -135,6 +221,13 @@ pub enum WgpuError {
         max_binding: u64,
         source: Box<wgpu::RequestDeviceError>,
     },
+    /// `TERN_WGPU_TIMEOUT` is not a positive number of seconds.
+    #[error("{0}")]
+    InvalidTimeout(String),
+    /// Enumerating the adapters or opening the device did not finish within
+    /// the timeout (a driver stuck inside the call).
+    #[error("{0}")]
+    Timeout(String),
 }
 
 /// How to pick and configure the adapter.
@@ -186,6 +279,9 @@ struct Recording {
     encoder: wgpu::CommandEncoder,
     pass: Option<wgpu::ComputePass<'static>>,
     params: Vec<u8>,
+    /// `TERN_WGPU_STATS=timestamps`: the kernel id of each timestamp query
+    /// written so far ([`PASS_START`] at a pass start); empty otherwise.
+    queries: Vec<u32>,
 }
 
 pub(crate) struct Ctx {
@@ -217,9 +313,16 @@ pub(crate) struct Ctx {
     /// reused buffer keeps its cached bind groups.
     pub pool: Arc<Mutex<Pool>>,
     stats: Mutex<Stats>,
-    profile: bool,
     /// Dispatches per submission (see [`SUBMIT_EVERY`]).
     submit_every: u64,
+    mode: StatsMode,
+    /// Timestamp queries (`TERN_WGPU_STATS=timestamps` on an adapter that
+    /// offers them).
+    ts: Option<Timestamps>,
+    /// How long any wait on the device may take (`TERN_WGPU_TIMEOUT`).
+    timeout: Duration,
+    /// A wait ran out of time (the device is reported lost from then on).
+    stuck: std::sync::atomic::AtomicBool,
     /// What [`Ctx::scratch_or_defer`] hands out when allocation fails.
     stand_in: wgpu::Buffer,
     /// Tests: fail every new scratch allocation as out of memory.
@@ -228,28 +331,35 @@ pub(crate) struct Ctx {
 
 impl Drop for Ctx {
     fn drop(&mut self) {
-        if std::env::var_os("TERN_WGPU_STATS").is_some() {
-            let s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        // What was recorded but never flushed is dropped unsubmitted. Wait
+        // for submitted work within the timeout: wgpu's queue waits for it
+        // without one when dropped, so a device stuck past the timeout is
+        // leaked instead (one warning) rather than hanging the process.
+        // A device lost in the driver is not polled (wgpu panics on a poll
+        // that meets one); one only given up on after a timeout is.
+        self.rec.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        let stuck = *self.stuck.get_mut();
+        let waited = (stuck || !self.is_lost()).then(|| {
+            self.device.poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: Some(self.timeout),
+            })
+        });
+        if let Some(Err(wgpu::PollError::Timeout)) = waited {
             eprintln!(
-                "{}: {} dispatches, {} bind groups created, {} buffers created, {} submits; \
-                 host: recording {:.3} s, submitting {:.3} s, waiting {:.3} s",
+                "{}: {}; its queue is leaked instead of waited for",
                 self.name(),
-                s.dispatches,
-                s.bind_group_misses,
-                s.buffers_created,
-                s.submits,
-                s.record_s,
-                s.submit_s,
-                s.wait_s
+                Stuck {
+                    what: "its work before being dropped".into(),
+                    after: self.timeout,
+                }
             );
-            let mut k: Vec<_> = s.kernels.iter().collect();
-            k.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
-            for (name, (t, n)) in k.iter().take(30) {
-                eprintln!(
-                    "  {t:9.4} s {n:8} calls {:8.1} us/call  {name}",
-                    t / *n as f64 * 1e6
-                );
-            }
+            std::mem::forget(self.queue.clone());
+        } else {
+            self.collect_timestamps();
+        }
+        if self.mode != StatsMode::Off {
+            self.print_stats();
         }
     }
 }
@@ -258,79 +368,145 @@ fn backend_name(info: &wgpu::AdapterInfo) -> String {
     format!("wgpu: {} ({:?})", info.name, info.backend)
 }
 
-impl Ctx {
-    pub fn new(opts: &WgpuOptions) -> Result<Ctx, WgpuError> {
+/// The device opened for a [`Ctx`].
+struct Opened {
+    info: wgpu::AdapterInfo,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    f16: bool,
+}
+
+/// One wgpu instance for the process: every device is opened from it, so
+/// the driver's instance is created once and never destroyed while other
+/// threads open devices.
+fn instance() -> &'static wgpu::Instance {
+    static INSTANCE: OnceLock<wgpu::Instance> = OnceLock::new();
+    INSTANCE.get_or_init(|| {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = desc_backends();
-        let instance = wgpu::Instance::new(desc);
-        let adapters = pollster::block_on(instance.enumerate_adapters(desc_backends()));
-        if adapters.is_empty() {
-            return Err(WgpuError::NoAdapter);
-        }
-        let names: Vec<String> = adapters
-            .iter()
-            .map(|a| {
-                let i = a.get_info();
-                format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
-            })
-            .collect();
-        let pick = if let Some(want) = &opts.adapter {
-            let want = want.to_lowercase();
-            adapters
-                .into_iter()
-                .find(|a| a.get_info().name.to_lowercase().contains(&want))
-                .ok_or_else(|| WgpuError::NoMatch {
-                    wanted: opts.adapter.clone().unwrap_or_default(),
-                    available: names.clone(),
-                })?
-        } else if opts.force_fallback {
-            adapters
-                .into_iter()
-                .find(|a| a.get_info().device_type == wgpu::DeviceType::Cpu)
-                .ok_or_else(|| WgpuError::NoFallback {
-                    available: names.clone(),
-                })?
-        } else {
-            // Discrete, then integrated, then anything else.
-            let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
-                wgpu::DeviceType::DiscreteGpu => 0,
-                wgpu::DeviceType::IntegratedGpu => 1,
-                wgpu::DeviceType::VirtualGpu => 2,
-                wgpu::DeviceType::Other => 3,
-                wgpu::DeviceType::Cpu => 4,
-            };
-            let mut v = adapters;
-            v.sort_by_key(rank);
-            v.into_iter().next().expect("non-empty")
+        wgpu::Instance::new(desc)
+    })
+}
+
+/// Held while adapters are enumerated and a device is created: some
+/// drivers (NVIDIA's Vulkan driver among them) are known to race when
+/// several threads create devices at once, as the test harness does.
+static OPENING: Mutex<()> = Mutex::new(());
+
+/// Enumerate the adapters, pick one as `opts` says, open it (blocking; run
+/// by [`Ctx::new`] on a helper thread under the timeout).
+fn open_device(opts: &WgpuOptions, timestamps: bool) -> Result<Opened, WgpuError> {
+    let _one_at_a_time = OPENING.lock().unwrap_or_else(|p| p.into_inner());
+    let adapters = pollster::block_on(instance().enumerate_adapters(desc_backends()));
+    if adapters.is_empty() {
+        return Err(WgpuError::NoAdapter);
+    }
+    let names: Vec<String> = adapters
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+        })
+        .collect();
+    let pick = if let Some(want) = &opts.adapter {
+        let want = want.to_lowercase();
+        adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&want))
+            .ok_or_else(|| WgpuError::NoMatch {
+                wanted: opts.adapter.clone().unwrap_or_default(),
+                available: names.clone(),
+            })?
+    } else if opts.force_fallback {
+        adapters
+            .into_iter()
+            .find(|a| a.get_info().device_type == wgpu::DeviceType::Cpu)
+            .ok_or_else(|| WgpuError::NoFallback {
+                available: names.clone(),
+            })?
+    } else {
+        // Discrete, then integrated, then anything else.
+        let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Other => 3,
+            wgpu::DeviceType::Cpu => 4,
         };
-        let info = pick.get_info();
-        let adapter_limits = pick.limits();
-        let adapter_features = pick.features();
-        let mut want = wgpu::Features::empty();
-        let f16 = adapter_features.contains(wgpu::Features::SHADER_F16) && !opts.no_f16;
-        if f16 {
-            want |= wgpu::Features::SHADER_F16;
-        }
-        if adapter_features.contains(wgpu::Features::SUBGROUP) {
-            want |= wgpu::Features::SUBGROUP;
-        }
-        // Ask for everything the adapter offers: buffer sizes, workgroup
-        // storage and invocation counts are what large models need.
-        let (device, queue) = pollster::block_on(pick.request_device(&wgpu::DeviceDescriptor {
-            label: Some("tern"),
-            required_features: want,
-            required_limits: adapter_limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|source| WgpuError::RequestDevice {
-            adapter: info.name.clone(),
-            features: format!("{want:?}"),
-            max_buffer: adapter_limits.max_buffer_size,
-            max_binding: adapter_limits.max_storage_buffer_binding_size,
-            source: Box::new(source),
-        })?;
+        let mut v = adapters;
+        v.sort_by_key(rank);
+        v.into_iter().next().ok_or(WgpuError::NoAdapter)?
+    };
+    let info = pick.get_info();
+    let adapter_limits = pick.limits();
+    let adapter_features = pick.features();
+    let mut want = wgpu::Features::empty();
+    let f16 = adapter_features.contains(wgpu::Features::SHADER_F16) && !opts.no_f16;
+    if f16 {
+        want |= wgpu::Features::SHADER_F16;
+    }
+    if adapter_features.contains(wgpu::Features::SUBGROUP) {
+        want |= wgpu::Features::SUBGROUP;
+    }
+    if timestamps && adapter_features.contains(TIMESTAMPS) {
+        want |= TIMESTAMPS;
+    }
+    // Ask for everything the adapter offers: buffer sizes, workgroup
+    // storage and invocation counts are what large models need.
+    let (device, queue) = pollster::block_on(pick.request_device(&wgpu::DeviceDescriptor {
+        label: Some("tern"),
+        required_features: want,
+        required_limits: adapter_limits.clone(),
+        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        memory_hints: wgpu::MemoryHints::Performance,
+        trace: wgpu::Trace::Off,
+    }))
+    .map_err(|source| WgpuError::RequestDevice {
+        adapter: info.name.clone(),
+        features: format!("{want:?}"),
+        max_buffer: adapter_limits.max_buffer_size,
+        max_binding: adapter_limits.max_storage_buffer_binding_size,
+        source: Box::new(source),
+    })?;
+    Ok(Opened {
+        info,
+        device,
+        queue,
+        f16,
+    })
+}
+
+/// The features `TERN_WGPU_STATS=timestamps` needs.
+const TIMESTAMPS: wgpu::Features =
+    wgpu::Features::TIMESTAMP_QUERY.union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+
+impl Ctx {
+    /// Open the device `opts` describes, with the statistics mode and the
+    /// timeout the environment sets (`TERN_WGPU_STATS`, `TERN_WGPU_TIMEOUT`).
+    pub fn new(opts: &WgpuOptions) -> Result<Ctx, WgpuError> {
+        let timeout = watchdog::timeout_from_env().map_err(WgpuError::InvalidTimeout)?;
+        Ctx::with_settings(opts, StatsMode::from_env(), timeout)
+    }
+
+    /// [`Ctx::new`] with the statistics mode and the timeout given.
+    pub(crate) fn with_settings(
+        opts: &WgpuOptions,
+        mode: StatsMode,
+        timeout: Duration,
+    ) -> Result<Ctx, WgpuError> {
+        let o = opts.clone();
+        let timestamps = mode == StatsMode::Timestamps;
+        let Opened {
+            info,
+            device,
+            queue,
+            f16,
+        } = watchdog::on_helper_thread(
+            "adapter enumeration and device creation",
+            timeout,
+            move || open_device(&o, timestamps),
+        )
+        .map_err(|e| WgpuError::Timeout(e.to_string()))??;
         let limits = device.limits();
         let features = device.features();
         let align = limits.min_storage_buffer_offset_alignment.max(4) as u64;
@@ -386,6 +562,31 @@ impl Ctx {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let ts = if mode != StatsMode::Timestamps {
+            None
+        } else if features.contains(TIMESTAMPS) {
+            Some(Timestamps {
+                set: device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("tern timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: QUERIES,
+                }),
+                resolve: device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("tern timestamps"),
+                    size: QUERIES as u64 * wgpu::QUERY_SIZE as u64,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                }),
+                period_ns: queue.get_timestamp_period() as f64,
+                pending: Mutex::new(Vec::new()),
+            })
+        } else {
+            eprintln!(
+                "{name}: TERN_WGPU_STATS=timestamps needs TIMESTAMP_QUERY and \
+                 TIMESTAMP_QUERY_INSIDE_PASSES, which this adapter lacks; counters only"
+            );
+            None
+        };
         Ok(Ctx {
             device,
             queue,
@@ -406,12 +607,15 @@ impl Ctx {
             mem: Arc::new(Mutex::new((0, 0))),
             pool: Arc::new(Mutex::new(Pool::default())),
             stats: Mutex::new(Stats::default()),
-            profile: std::env::var("TERN_WGPU_STATS").is_ok_and(|v| v == "profile"),
             submit_every: std::env::var("TERN_WGPU_SUBMIT_EVERY")
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .filter(|&n| n > 0)
                 .unwrap_or(SUBMIT_EVERY),
+            mode,
+            ts,
+            timeout,
+            stuck: Default::default(),
             stand_in,
             refuse_scratch: Default::default(),
         })
@@ -525,7 +729,12 @@ impl Ctx {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        let popped = watchdog::block_on_within(
+            &format!("the out-of-memory check of a {size}-byte buffer for {what}"),
+            self.timeout,
+            scope.pop(),
+        );
+        if let Some(e) = popped.map_err(|e| self.stuck(e))? {
             return Err(BackendError::OutOfMemory {
                 backend: self.name(),
                 what: format!("{what} ({e})"),
@@ -664,22 +873,38 @@ impl Ctx {
         });
         self.with_encoder(|enc| enc.copy_buffer_to_buffer(src, offset, &staging, 0, bytes));
         self.flush();
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = mpsc::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.wait()?;
-        match rx.try_recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(self
-                    .take_error()
-                    .unwrap_or(self.lost(format!("map failed: {e}"))))
-            }
-            Err(_) => {
-                return Err(self
-                    .take_error()
-                    .unwrap_or(self.lost("the download never completed".into())))
+        let what = format!("a download of {bytes} bytes");
+        let deadline = std::time::Instant::now() + self.timeout;
+        self.wait_until(&what, deadline)?;
+        // The mapping's callback runs inside a poll once the copy is done,
+        // normally the wait above; poll on, within the same deadline.
+        loop {
+            match rx.try_recv() {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => {
+                    return Err(self
+                        .take_error()
+                        .unwrap_or(self.lost(format!("map failed: {e}"))))
+                }
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return Err(self
+                        .take_error()
+                        .unwrap_or(self.lost("the download never completed".into())))
+                }
+                Err(mpsc::TryRecvError::Empty) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(self.stuck(Stuck {
+                            what: format!("mapping {what}"),
+                            after: self.timeout,
+                        }));
+                    }
+                    self.wait_until(&what, deadline)?;
+                    std::thread::yield_now();
+                }
             }
         }
         let out = match staging.slice(..).get_mapped_range() {
@@ -690,20 +915,135 @@ impl Ctx {
         Ok(out)
     }
 
-    /// Wait for all submitted work; reports asynchronous errors.
+    /// Wait for all submitted work (within the timeout); reports
+    /// asynchronous errors.
     pub fn wait(&self) -> Result<(), BackendError> {
+        self.wait_until(
+            "the submitted work (synchronize)",
+            std::time::Instant::now() + self.timeout,
+        )
+    }
+
+    /// Wait for all submitted work until `deadline`; `what` names the wait
+    /// in the error when it runs out.
+    fn wait_until(&self, what: &str, deadline: std::time::Instant) -> Result<(), BackendError> {
         let t = std::time::Instant::now();
+        if let Some(e) = self.is_lost().then(|| self.take_error()).flatten() {
+            return Err(e);
+        }
         let r = self.device.poll(wgpu::PollType::Wait {
             submission_index: None,
-            timeout: None,
+            timeout: Some(deadline.saturating_duration_since(t)),
         });
         self.stat(|s| s.wait_s += t.elapsed().as_secs_f64());
-        if let Err(e) = r {
-            return Err(self.take_error().unwrap_or(self.lost(format!("{e}"))));
+        match r {
+            Ok(_) => {}
+            Err(wgpu::PollError::Timeout) => {
+                return Err(self.stuck(Stuck {
+                    what: what.to_string(),
+                    after: self.timeout,
+                }))
+            }
+            Err(e) => return Err(self.take_error().unwrap_or(self.lost(format!("{e}")))),
         }
+        self.collect_timestamps();
         match self.take_error() {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// A wait that ran out of time: the device's state is unknown, so it is
+    /// treated as lost from here on (every later call reports this wait
+    /// without waiting again), and the error names the wait.
+    fn stuck(&self, e: Stuck) -> BackendError {
+        self.stuck.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reason = self
+            .lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| format!("{e}; tern treats the device as lost"))
+            .clone();
+        self.lost(reason)
+    }
+
+    /// Read the timestamps of finished submissions into the statistics.
+    fn collect_timestamps(&self) {
+        let Some(ts) = &self.ts else { return };
+        let done: Vec<Readback> = {
+            let mut pending = ts.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let (done, waiting) = pending
+                .drain(..)
+                .partition(|r| !matches!(r.mapped.try_recv(), Err(mpsc::TryRecvError::Empty)));
+            *pending = waiting;
+            done
+        };
+        // `partition` consumed each finished mapping's message; a buffer
+        // whose mapping failed reads as unmapped and is skipped.
+        for r in done {
+            let ticks: Vec<u64> = match r.buf.slice(..).get_mapped_range() {
+                Ok(view) => bytemuck::pod_collect_to_vec(&view),
+                Err(_) => continue,
+            };
+            r.buf.unmap();
+            let times = attribute(&ticks, &r.ids, ts.period_ns);
+            self.stat(|s| {
+                for (id, ns) in times {
+                    let e = s.gpu.entry(id).or_default();
+                    e.0 += ns;
+                    e.1 += 1;
+                }
+            });
+        }
+    }
+
+    /// The statistics (`TERN_WGPU_STATS`), on stderr.
+    fn print_stats(&self) {
+        let s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        eprintln!(
+            "{}: {} dispatches, {} bind groups created, {} buffers created, {} submits; \
+             host: recording {:.3} s, submitting {:.3} s, waiting {:.3} s",
+            self.name(),
+            s.dispatches,
+            s.bind_group_misses,
+            s.buffers_created,
+            s.submits,
+            s.record_s,
+            s.submit_s,
+            s.wait_s
+        );
+        let mut k: Vec<_> = s.kernels.iter().collect();
+        k.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+        for (name, (t, n)) in k.iter().take(30) {
+            eprintln!(
+                "  {t:9.4} s {n:8} calls {:8.1} us/call  {name}",
+                t / *n as f64 * 1e6
+            );
+        }
+        if self.ts.is_some() {
+            let names: HashMap<u32, String> = self
+                .pipelines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .map(|k| (k.id as u32, k.name.clone()))
+                .collect();
+            let total: f64 = s.gpu.values().map(|v| v.0).sum();
+            let calls: u64 = s.gpu.values().map(|v| v.1).sum();
+            eprintln!(
+                "GPU time (timestamps): {:.3} ms over {calls} dispatches",
+                total * 1e-6
+            );
+            let mut k: Vec<_> = s.gpu.iter().collect();
+            k.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+            for (id, (ns, n)) in k.iter().take(30) {
+                let name = names.get(id).map_or("?", String::as_str);
+                eprintln!(
+                    "  {:10.3} ms {n:8} calls {:9.2} us/call  {name}",
+                    ns * 1e-6,
+                    ns / *n as f64 * 1e-3
+                );
+            }
         }
     }
 
@@ -722,6 +1062,7 @@ impl Ctx {
                 }),
             pass: None,
             params: Vec::new(),
+            queries: Vec::new(),
         }
     }
 
@@ -741,12 +1082,45 @@ impl Ctx {
             if !rec.params.is_empty() {
                 self.queue.write_buffer(&self.param_buf, 0, &rec.params);
             }
+            let readback = self.resolve_timestamps(&mut rec);
             self.queue.submit([rec.encoder.finish()]);
+            if let (Some(ts), Some((buf, ids))) = (&self.ts, readback) {
+                let (tx, mapped) = mpsc::channel();
+                buf.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                    let _ = tx.send(r);
+                });
+                ts.pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Readback { buf, ids, mapped });
+            }
             self.stat(|s| {
                 s.submits += 1;
                 s.submit_s += t.elapsed().as_secs_f64();
             });
         }
+    }
+
+    /// Record the resolve of `rec`'s timestamps into a readback buffer
+    /// (`TERN_WGPU_STATS=timestamps`); the buffer and the kernel id of each
+    /// query, for mapping once submitted.
+    fn resolve_timestamps(&self, rec: &mut Recording) -> Option<(wgpu::Buffer, Vec<u32>)> {
+        let ts = self.ts.as_ref()?;
+        if rec.queries.is_empty() {
+            return None;
+        }
+        let n = rec.queries.len() as u32;
+        let bytes = n as u64 * wgpu::QUERY_SIZE as u64;
+        rec.encoder.resolve_query_set(&ts.set, 0..n, &ts.resolve, 0);
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tern timestamps readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        rec.encoder
+            .copy_buffer_to_buffer(&ts.resolve, 0, &buf, 0, bytes);
+        Some((buf, std::mem::take(&mut rec.queries)))
     }
 
     /// The compute pipeline for `src` (cached under `key`). The shader's
@@ -857,10 +1231,11 @@ impl Ctx {
         let params = bytemuck::bytes_of(params);
         assert!(params.len() <= SLOT as usize, "too many parameters");
         let mut guard = self.rec.lock().unwrap_or_else(|p| p.into_inner());
-        if guard
-            .as_ref()
-            .is_some_and(|r| r.params.len() as u64 + SLOT > SLOT * SLOTS)
-        {
+        // Full: the parameter arena, or (timestamps) the query set, which
+        // needs room for a pass start and this dispatch.
+        if guard.as_ref().is_some_and(|r| {
+            r.params.len() as u64 + SLOT > SLOT * SLOTS || r.queries.len() as u32 + 2 > QUERIES
+        }) {
             drop(guard);
             self.flush();
             guard = self.rec.lock().unwrap_or_else(|p| p.into_inner());
@@ -879,11 +1254,19 @@ impl Ctx {
                 })
                 .forget_lifetime();
             rec.pass = Some(pass);
+            if let (Some(ts), Some(pass)) = (&self.ts, rec.pass.as_mut()) {
+                pass.write_timestamp(&ts.set, rec.queries.len() as u32);
+                rec.queries.push(PASS_START);
+            }
         }
         let pass = rec.pass.as_mut().expect("open pass");
         pass.set_pipeline(&k.pipeline);
         pass.set_bind_group(0, &bg, &[slot]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        if let Some(ts) = &self.ts {
+            pass.write_timestamp(&ts.set, rec.queries.len() as u32);
+            rec.queries.push(k.id as u32);
+        }
         let submit = rec.params.len() as u64 >= SLOT * self.submit_every;
         drop(guard);
         if submit {
@@ -893,7 +1276,7 @@ impl Ctx {
             s.dispatches += 1;
             s.record_s += t.elapsed().as_secs_f64();
         });
-        if self.profile {
+        if self.mode == StatsMode::Profile {
             let t = std::time::Instant::now();
             self.flush();
             let _ = self.wait();
@@ -1020,23 +1403,155 @@ impl Ctx {
     }
 }
 
-/// Every adapter wgpu can see, one line each (`tern info`).
+/// Every adapter wgpu can see, one line each (`tern info`). An enumeration
+/// stuck in the driver past `TERN_WGPU_TIMEOUT` (or an invalid value of it)
+/// gives one line saying so instead.
 pub fn list_adapters() -> Vec<String> {
-    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-    desc.backends = desc_backends();
-    let instance = wgpu::Instance::new(desc);
-    pollster::block_on(instance.enumerate_adapters(desc_backends()))
-        .iter()
-        .map(|a| {
-            let i = a.get_info();
-            format!(
-                "{} ({:?}, {:?}, driver {} {})",
-                i.name, i.backend, i.device_type, i.driver, i.driver_info
-            )
-        })
-        .collect()
+    let timeout = match watchdog::timeout_from_env() {
+        Ok(t) => t,
+        Err(e) => return vec![e],
+    };
+    let listed = watchdog::on_helper_thread("adapter enumeration", timeout, || {
+        let _one_at_a_time = OPENING.lock().unwrap_or_else(|p| p.into_inner());
+        pollster::block_on(instance().enumerate_adapters(desc_backends()))
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!(
+                    "{} ({:?}, {:?}, driver {} {})",
+                    i.name, i.backend, i.device_type, i.driver, i.driver_info
+                )
+            })
+            .collect()
+    });
+    listed.unwrap_or_else(|e| vec![e.to_string()])
 }
 
 fn desc_backends() -> wgpu::Backends {
     wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_backend::{Backend, Gemm};
+
+    /// The software adapter with `mode`, or `None` (reported) without one.
+    fn device(mode: StatsMode) -> Option<crate::Wgpu> {
+        let opts = WgpuOptions {
+            force_fallback: std::env::var_os("TERN_WGPU_ADAPTER").is_none(),
+            adapter: std::env::var("TERN_WGPU_ADAPTER").ok(),
+            ..Default::default()
+        };
+        match Ctx::with_settings(&opts, mode, watchdog::DEFAULT_TIMEOUT) {
+            Ok(ctx) => Some(crate::Wgpu { ctx }),
+            Err(e) => {
+                tern_backend::conformance::missing(format_args!("wgpu test: {e}"));
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn stats_modes_parse() {
+        assert_eq!(StatsMode::parse(None), StatsMode::Off);
+        assert_eq!(StatsMode::parse(Some("1")), StatsMode::Counters);
+        assert_eq!(StatsMode::parse(Some("")), StatsMode::Counters);
+        assert_eq!(StatsMode::parse(Some("profile")), StatsMode::Profile);
+        assert_eq!(StatsMode::parse(Some("timestamps")), StatsMode::Timestamps);
+    }
+
+    #[test]
+    fn each_dispatch_gets_the_ticks_since_the_timestamp_before_it() {
+        // pass 1: start, kernel 3, kernel 5; pass 2: start, kernel 3
+        let ticks = [100, 150, 400, 1000, 1010];
+        let ids = [PASS_START, 3, 5, PASS_START, 3];
+        assert_eq!(
+            attribute(&ticks, &ids, 2.0),
+            [(3, 100.0), (5, 500.0), (3, 20.0)]
+        );
+        // a counter that went backwards counts as zero, not as 2^64 ticks
+        assert_eq!(attribute(&[50, 10], &[PASS_START, 1], 1.0), [(1, 0.0)]);
+        assert!(attribute(&[], &[], 1.0).is_empty());
+    }
+
+    #[test]
+    fn timestamps_time_every_dispatch_by_kernel() {
+        let Some(b) = device(StatsMode::Timestamps) else {
+            return;
+        };
+        if b.ctx.ts.is_none() {
+            tern_backend::conformance::missing(format_args!(
+                "{}: no timestamp queries inside passes",
+                b.ctx.name()
+            ));
+            return;
+        }
+        let mut x = b.upload(&[1.0; 4096]).unwrap();
+        for _ in 0..5 {
+            b.scale(0.5, &mut x);
+        }
+        // a copy in between ends the pass: the next dispatch opens another
+        b.write(&mut x, 0, &[2.0]);
+        b.scale(2.0, &mut x);
+        let y = b.download(&x).unwrap();
+        assert_eq!((y[0], y[1]), (4.0, 1.0 / 16.0));
+        let s = b.ctx.stats.lock().unwrap();
+        let calls: u64 = s.gpu.values().map(|v| v.1).sum();
+        assert_eq!(calls, s.dispatches, "every dispatch timed once");
+        assert!(s.gpu.values().map(|v| v.0).sum::<f64>() > 0.0);
+        let names: Vec<String> = b
+            .ctx
+            .pipelines
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|k| s.gpu.contains_key(&(k.id as u32)))
+            .map(|k| k.name.clone())
+            .collect();
+        assert!(!names.is_empty() && names.len() == s.gpu.len(), "{names:?}");
+    }
+
+    #[test]
+    fn without_timestamps_nothing_is_queried() {
+        let Some(b) = device(StatsMode::Counters) else {
+            return;
+        };
+        assert!(b.ctx.ts.is_none());
+        let mut x = b.upload(&[1.0; 64]).unwrap();
+        b.scale(3.0, &mut x);
+        let rec = b.ctx.rec.lock().unwrap();
+        assert!(rec.as_ref().is_some_and(|r| r.queries.is_empty()));
+    }
+
+    #[test]
+    fn a_wait_past_the_timeout_is_an_error_naming_it() {
+        let Some(mut b) = device(StatsMode::Off) else {
+            return;
+        };
+        let n = 1024;
+        let a = b.upload(&vec![0.5; n * n]).unwrap();
+        let mut c = b.zeros(n * n).unwrap();
+        // about 2 GFLOP: far more than a millisecond on any device
+        for _ in 0..4 {
+            b.matmul(&a, &a, &mut c, Gemm::new(n, n, n));
+        }
+        b.ctx.timeout = Duration::from_millis(1);
+        let e = b.download(&c).expect_err("a 1 ms limit must run out");
+        let msg = e.to_string();
+        assert!(
+            matches!(e, BackendError::DeviceLost { .. })
+                && msg.contains(&format!("did not finish a download of {} bytes", n * n * 4))
+                && msg.contains("within 0.001 s")
+                && msg.contains("TERN_WGPU_TIMEOUT"),
+            "{msg}"
+        );
+        // sticky, and without waiting again
+        let t = std::time::Instant::now();
+        let again = b.synchronize().expect_err("the device stays lost");
+        assert!(again.to_string().contains("a download of"), "{again}");
+        assert!(t.elapsed() < Duration::from_secs(1));
+        // dropping waits (bounded) for the work still running
+        b.ctx.timeout = watchdog::DEFAULT_TIMEOUT;
+    }
 }

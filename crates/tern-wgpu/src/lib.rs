@@ -41,14 +41,30 @@
 //! - `shaders/`: the WGSL sources, one file per kernel family, plus the
 //!   modules they include (`exact`, `attention_common`, `softmax_row`, `gemm_params`,
 //!   `ternary_product_params`, `ternary_float_params`).
+//! - `watchdog`: the timeout every wait on the device runs under.
 //! - `variants` (tests): every kernel the crate can build, validated by naga
 //!   and snapshotted (`src/snapshots/`).
+//!
+//! Environment:
+//! - `TERN_WGPU_TIMEOUT`: seconds any wait on the device may take (default
+//!   120; fractions allowed). A download, a synchronize or the opening of the
+//!   device that takes longer is an error naming the wait
+//!   ([`BackendError::DeviceLost`], or [`WgpuError::Timeout`] when opening),
+//!   not a hang; a value that is not a positive number of seconds makes
+//!   opening fail with [`WgpuError::InvalidTimeout`].
+//! - `TERN_WGPU_STATS`: print the runtime's counters when the backend is
+//!   dropped; `profile` also times every kernel on the host (each dispatch
+//!   submitted and waited for alone); `timestamps` times every kernel on the
+//!   GPU with timestamp queries (where the adapter offers
+//!   `TIMESTAMP_QUERY_INSIDE_PASSES`; else counters only, with a note).
+//! - `TERN_WGPU_ADAPTER`: the adapter [`test_device`] uses (a name substring).
 
 mod ctx;
 mod ops;
 mod shader;
 #[cfg(test)]
 mod variants;
+mod watchdog;
 
 use std::sync::{Arc, Mutex};
 
