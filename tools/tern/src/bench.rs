@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// Untimed runs before each measurement (pipeline compilation, caches).
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Run inference through the plain op sequence instead of the fused
+    /// block ops (an A/B comparison; the values are the same).
+    #[arg(long)]
+    pub unfused: bool,
     /// Append the results as one JSON line to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -65,6 +69,8 @@ pub struct BenchResult {
     pub prefill_tok_s: Option<f64>,
     pub decode_tokens: usize,
     pub decode_tok_s: Option<f64>,
+    /// Whether inference ran the fused block ops.
+    pub fused: bool,
     /// Peak device memory over the whole run (GPU backends).
     pub peak_device_mib: Option<f64>,
     /// Peak resident memory of the process (weights on the CPU backend).
@@ -129,6 +135,7 @@ fn bench_on<B: Backend>(a: &BenchArgs, backend: B) -> Result<BenchResult> {
     let src = ModelSource::open(&a.model).with_context(|| format!("loading model {}", a.model))?;
     let t = Instant::now();
     let mut model = Model::load(backend, src.weights())?;
+    model.set_fused(!a.unfused);
     model.backend.synchronize()?;
     let mut r = BenchResult {
         model: a.model.clone(),
@@ -139,6 +146,7 @@ fn bench_on<B: Backend>(a: &BenchArgs, backend: B) -> Result<BenchResult> {
         lora_rank: a.lora_rank,
         prefill_tokens: a.prefill,
         decode_tokens: a.decode,
+        fused: !a.unfused,
         ..Default::default()
     };
     let cfg = model.cfg.clone();
