@@ -13,6 +13,7 @@ pub(crate) mod basic;
 pub(crate) mod elementwise;
 pub(crate) mod embedding;
 pub(crate) mod gemm;
+pub(crate) mod half;
 pub(crate) mod loss;
 pub(crate) mod norm;
 pub(crate) mod reduce;
