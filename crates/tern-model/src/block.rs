@@ -21,6 +21,7 @@
 use crate::config::BitNetConfig;
 use crate::keys::{Norm, Proj};
 use crate::model::{ActQuant, Layer};
+use crate::table::Table;
 use tern_backend::{AttnDims, Backend, BackendError, Gemm};
 
 /// One projection call: which one, its packed weight and the row count.
@@ -226,15 +227,15 @@ pub fn forward<B: Backend, H: BlockHooks<B> + ?Sized>(
 }
 
 /// Logits `[rows, vocab]` of the final-normed hidden states `xn` through the
-/// head (`[vocab, hidden]`, the embedding when tied).
+/// head (`[vocab, hidden]` in f32 or f16, the embedding when tied).
 pub fn logits<B: Backend>(
     be: &B,
     cfg: &BitNetConfig,
-    head: &B::Buf,
+    head: &Table<B>,
     xn: &B::Buf,
     out: &mut B::Buf,
     rows: usize,
 ) {
     let g = Gemm::new(rows, cfg.hidden_size, cfg.vocab_size).trans_b();
-    be.matmul(xn, head, out, g);
+    head.matmul(be, xn, out, g);
 }
