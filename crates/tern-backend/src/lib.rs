@@ -158,8 +158,8 @@ pub enum BackendError {
 
 /// The IEEE binary16 encoding of every value of `data`, rounded to the
 /// nearest f16 with ties to even (subnormals included), as
-/// [`Backend::upload_half`] stores them. A value without a finite f16 (`|x|
-/// >= 65520`, infinities, NaN) is refused with
+/// [`Backend::upload_half`] stores them. A value without a finite f16
+/// (`|x| >= 65520`, infinities, NaN) is refused with
 /// [`BackendError::HalfRange`] naming `backend` and the first such index:
 /// half precision is a storage choice for tensors known to be small
 /// (embeddings, heads), so saturating would silently change the model.
