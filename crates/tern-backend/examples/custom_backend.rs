@@ -50,6 +50,7 @@ impl<B: Backend> Backend for Counting<B> {
     type Buf = B::Buf;
     type Ids = B::Ids;
     type Ternary = B::Ternary;
+    type Half = B::Half;
 
     fn name(&self) -> String {
         format!("counting over {}", self.inner.name())
@@ -96,6 +97,12 @@ impl<B: Backend> Backend for Counting<B> {
     }
     fn ternary_shape(&self, w: &B::Ternary) -> (usize, usize) {
         self.inner.ternary_shape(w)
+    }
+    fn upload_half(&self, data: &[f32]) -> Result<B::Half, BackendError> {
+        self.inner.upload_half(data)
+    }
+    fn half_len(&self, h: &B::Half) -> usize {
+        self.inner.half_len(h)
     }
 
     fn ternary_matmul(&self, w: &B::Ternary, x: &B::Buf, y: &mut B::Buf, rows: usize) {
@@ -245,6 +252,14 @@ impl<B: Backend> Backend for Counting<B> {
     fn embedding_backward(&self, ids: &B::Ids, dy: &B::Buf, dtable: &mut B::Buf, dim: usize) {
         self.count("embedding_backward");
         self.inner.embedding_backward(ids, dy, dtable, dim)
+    }
+    fn embedding_half(&self, table: &B::Half, ids: &B::Ids, y: &mut B::Buf, dim: usize) {
+        self.count("embedding_half");
+        self.inner.embedding_half(table, ids, y, dim)
+    }
+    fn matmul_half(&self, a: &B::Buf, b: &B::Half, c: &mut B::Buf, g: Gemm) {
+        self.count("matmul_half");
+        self.inner.matmul_half(a, b, c, g)
     }
 
     fn cross_entropy(

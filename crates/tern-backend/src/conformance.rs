@@ -71,6 +71,10 @@ macro_rules! conformance_tests {
             gate_backward_fd,
             embedding_exact,
             embedding_backward_fd,
+            half_upload_rounds_to_nearest_even,
+            half_upload_refuses_values_beyond_f16,
+            embedding_half_exact,
+            matmul_half_reference,
             cross_entropy_reference,
             cross_entropy_backward_fd,
             adamw_matches_pytorch,
@@ -229,6 +233,23 @@ fn weighted(dy: &[f64], y: &[f64]) -> f64 {
 /// Scalar f64 reference implementations of every op (plain loops).
 pub mod reference {
     use crate::{Activation, AttnDims, Gemm};
+
+    /// The f16 nearest to `x` (ties to even), computed in f64 from the
+    /// definition: the spacing of f16 values is `2^(e - 10)` in the binade
+    /// `[2^e, 2^(e+1))` for `e >= -14` and `2^-24` below it (subnormals). A
+    /// result above 65504 has no finite f16. For finite `x`.
+    pub fn round_f16(x: f32) -> f64 {
+        let v = x as f64;
+        let a = v.abs();
+        let q = if a < 2f64.powi(-14) {
+            2f64.powi(-24)
+        } else {
+            // the binade of an f32 (the binary exponent of its bits)
+            let e = ((x.to_bits() >> 23) & 0xff) as i32 - 127;
+            2f64.powi(e - 10)
+        };
+        (v / q).round_ties_even() * q
+    }
 
     /// Per-row int8 quantization by tern-tensor's `absmax_int8_per_token`
     /// (the normative BitNet semantics): codes and scales `a`.
@@ -1585,6 +1606,146 @@ pub fn embedding_backward_fd<B: Backend>(b: &B) {
         1e-5,
         1e-5,
     );
+}
+
+// ---------------------------------------------------------------------------
+// half precision
+
+/// f32 values that exercise f16 rounding: random values over several
+/// binades, ties in the normal and subnormal range, the smallest subnormal,
+/// values that round to the largest f16, and zeros.
+fn half_inputs(rng: &mut Rng, n: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0 + 2f32.powi(-11),       // tie: down to 1 (even)
+        1.0 + 3.0 * 2f32.powi(-11), // tie: up to 1 + 2^-9 (even)
+        -(1.0 + 2f32.powi(-11)),
+        2f32.powi(-24),       // the smallest subnormal
+        2f32.powi(-25),       // tie: down to 0
+        3.0 * 2f32.powi(-25), // tie: up to 2^-23
+        6.1e-5,               // subnormal
+        1e-8,                 // below half the smallest subnormal: 0
+        65504.0,
+        65519.99,  // rounds to 65504
+        -65519.99, // and -65504
+        0.1,
+        1.0 / 3.0,
+    ];
+    while v.len() < n {
+        let e = rng.below(20) as i32 - 12;
+        v.push(rng.uniform(-1.0, 1.0) * 2f32.powi(e));
+    }
+    v.truncate(n);
+    v
+}
+
+/// EXACT: every value of an f16 table, read back through
+/// `embedding_half` (ids covering every row), is the f16 nearest to the f32
+/// given, ties to even, by the definition ([`reference::round_f16`]).
+pub fn half_upload_rounds_to_nearest_even<B: Backend>(b: &B) {
+    let mut rng = Rng::new(40);
+    let (vocab, dim) = (37, 33);
+    let table = half_inputs(&mut rng, vocab * dim);
+    let h = b.upload_half(&table).expect("upload_half");
+    assert_eq!(b.half_len(&h), vocab * dim);
+    let ids: Vec<u32> = (0..vocab as u32).rev().collect();
+    let mut y = up(b, &vec![f32::NAN; vocab * dim]);
+    b.embedding_half(&h, &b.upload_ids(&ids).expect("ids"), &mut y, dim);
+    let want: Vec<f32> = ids
+        .iter()
+        .flat_map(|&i| &table[i as usize * dim..(i as usize + 1) * dim])
+        .map(|&x| reference::round_f16(x) as f32)
+        .collect();
+    assert_exact("embedding_half (f16 rounding)", &down(b, &y), &want);
+}
+
+/// Values without a finite f16 (65520 rounds to 65536, beyond the largest
+/// f16; infinities; NaN) are refused with an error naming the first such
+/// element; the largest values that round to 65504 are accepted.
+pub fn half_upload_refuses_values_beyond_f16<B: Backend>(b: &B) {
+    for bad in [65520.0f32, -1e5, f32::INFINITY, f32::NAN] {
+        let data = [1.0, 65519.99, -65519.99, bad, 2.0];
+        match b.upload_half(&data) {
+            Err(crate::BackendError::HalfRange { index, value, .. }) => {
+                assert_eq!(index, 3, "upload_half({bad}): index");
+                assert!(
+                    value.to_bits() == bad.to_bits(),
+                    "upload_half: value {value}"
+                );
+            }
+            Err(e) => panic!("upload_half({bad}): expected a range error, got {e}"),
+            Ok(_) => panic!("upload_half accepted {bad}"),
+        }
+    }
+    let e = b
+        .upload_half(&[70000.0])
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("element 0") && e.contains("70000"), "{e}");
+    assert!(b.upload_half(&[]).is_ok(), "an empty matrix is valid");
+}
+
+/// EXACT: gather rows of an f16 table (repeated ids, the last row) equals
+/// the f32 gather of the rounded table.
+pub fn embedding_half_exact<B: Backend>(b: &B) {
+    let mut rng = Rng::new(41);
+    let (vocab, dim) = (50, 70);
+    let table = rng.vec(vocab * dim, -1.0, 1.0);
+    let rounded: Vec<f32> = table
+        .iter()
+        .map(|&x| reference::round_f16(x) as f32)
+        .collect();
+    let ids = b.upload_ids(&[3, 49, 0, 3, 17]).expect("ids");
+    let mut y = up(b, &vec![0.0; 5 * dim]);
+    b.embedding_half(&b.upload_half(&table).expect("half"), &ids, &mut y, dim);
+    let mut want = up(b, &vec![0.0; 5 * dim]);
+    b.embedding(&up(b, &rounded), &ids, &mut want, dim);
+    assert_exact("embedding_half", &down(b, &y), &down(b, &want));
+}
+
+/// `matmul_half` against the f64 reference product of the f16-rounded B,
+/// with the f32 product's budget (`2e-5 * (Σ|alpha a b| + |beta c|) +
+/// 1e-6`): the shapes of the f32 suite plus head-like ones (one or a few
+/// rows against many columns, `trans_b`: decode and prefill logits; the
+/// plain layout: the head's input gradient), every transpose, `alpha`,
+/// `beta` (C holds NaN when `beta == 0`).
+pub fn matmul_half_reference<B: Backend>(b: &B) {
+    let mut rng = Rng::new(42);
+    let mut shapes = gemm_shapes();
+    shapes.extend([(1, 64, 300), (3, 48, 129), (8, 66, 70), (17, 130, 90)]);
+    for (m, k, n) in shapes {
+        for trans_a in [false, true] {
+            for trans_b in [false, true] {
+                for &(alpha, beta) in &[(1.0f32, 0.0f32), (-0.7, 1.0), (1.0, 0.5)] {
+                    let g = Gemm {
+                        m,
+                        k,
+                        n,
+                        trans_a,
+                        trans_b,
+                        alpha,
+                        beta,
+                    };
+                    let a = rng.vec(m * k, -1.0, 1.0);
+                    let bm = rng.vec(k * n, -1.0, 1.0);
+                    let c0 = if beta == 0.0 {
+                        vec![f32::NAN; m * n]
+                    } else {
+                        rng.vec(m * n, -1.0, 1.0)
+                    };
+                    let mut c = up(b, &c0);
+                    let bh = b.upload_half(&bm).expect("upload_half");
+                    b.matmul_half(&up(b, &a), &bh, &mut c, g);
+                    let rounded: Vec<f64> = bm.iter().map(|&x| reference::round_f16(x)).collect();
+                    let (want, mag) = reference::matmul(&f64s(&a), &rounded, &f64s(&c0), g);
+                    let tol: Vec<f64> = mag.iter().map(|m| 2e-5 * m + 1e-6).collect();
+                    assert_within(&format!("matmul_half {g:?}"), &down(b, &c), &want, &tol);
+                }
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

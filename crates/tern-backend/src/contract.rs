@@ -92,9 +92,16 @@ impl Gemm {
     /// `m * k` long, `b` `k * n`, `c` `m * n`.
     #[track_caller]
     pub fn check(&self, backend: &str, a: usize, b: usize, c: usize) {
-        len(backend, "matmul", "a", a, self.m * self.k);
-        len(backend, "matmul", "b", b, self.k * self.n);
-        len(backend, "matmul", "c", c, self.m * self.n);
+        self.check_op(backend, "matmul", a, b, c);
+    }
+
+    /// [`Gemm::check`] for another product op (`matmul_half`), named in
+    /// the message.
+    #[track_caller]
+    pub fn check_op(&self, backend: &str, op: &str, a: usize, b: usize, c: usize) {
+        len(backend, op, "a", a, self.m * self.k);
+        len(backend, op, "b", b, self.k * self.n);
+        len(backend, op, "c", c, self.m * self.n);
     }
 }
 
@@ -238,17 +245,18 @@ pub fn rope(backend: &str, x: usize, pos: usize, rows: usize, n_heads: usize, he
     );
 }
 
-/// The checks of [`Backend::embedding`](crate::Backend::embedding) (`rows`:
+/// The checks of [`Backend::embedding`](crate::Backend::embedding) and
+/// [`Backend::embedding_half`](crate::Backend::embedding_half) (`rows`:
 /// `y`) and
 /// [`Backend::embedding_backward`](crate::Backend::embedding_backward)
 /// (`rows`: `dy`, `table`: `dtable`): the rows are `[ids, dim]` and the
 /// table whole rows of `dim > 0`. Returns the vocabulary size.
 #[track_caller]
 pub fn embedding(backend: &str, op: &str, [table, ids, rows]: [usize; 3], dim: usize) -> usize {
-    let (t, r) = if op == "embedding" {
-        ("table", "y")
-    } else {
+    let (t, r) = if op == "embedding_backward" {
         ("dtable", "dy")
+    } else {
+        ("table", "y")
     };
     len(backend, op, r, rows, ids * dim);
     assert!(
@@ -381,6 +389,18 @@ mod tests {
     #[should_panic(expected = "test matmul: b has length 11, expected 12")]
     fn gemm_operands() {
         Gemm::new(2, 3, 4).check("test", 6, 11, 8);
+    }
+
+    #[test]
+    #[should_panic(expected = "test matmul_half: b has length 11, expected 12")]
+    fn half_gemm_operands_name_the_op() {
+        Gemm::new(2, 3, 4).check_op("test", "matmul_half", 6, 11, 8);
+    }
+
+    #[test]
+    #[should_panic(expected = "test embedding_half: table length 10 vs dim 3")]
+    fn a_half_table_of_partial_rows_is_refused() {
+        embedding("test", "embedding_half", [10, 2, 6], 3);
     }
 
     #[test]

@@ -50,6 +50,11 @@
 //! - Integer paths (ternary codes times int8 activations, i32 accumulation) are
 //!   exact; float paths are checked against a scalar reference with a stated
 //!   tolerance and against finite differences ([`conformance`]).
+//! - Half-precision matrices ([`Backend::Half`]) hold IEEE binary16 values:
+//!   [`Backend::upload_half`] rounds each f32 to the nearest f16 (ties to
+//!   even, [`f16_bits`]) and refuses a value that does not round to a finite
+//!   f16; the ops on them widen to f32 and accumulate in f32, so they equal
+//!   the f32 ops on the rounded values up to summation order.
 
 pub mod conformance;
 pub mod contract;
@@ -151,6 +156,37 @@ pub enum BackendError {
         what: String,
         reason: String,
     },
+    /// A value given to [`Backend::upload_half`] that has no finite f16:
+    /// beyond the largest f16 (65504) after rounding, infinite or NaN.
+    #[error(
+        "{backend}: element {index} is {value}, which does not round to a finite f16 \
+         (|x| must stay below 65520); keep this tensor in f32"
+    )]
+    HalfRange {
+        backend: String,
+        index: usize,
+        value: f32,
+    },
+}
+
+/// The IEEE binary16 encoding of every value of `data`, rounded to the
+/// nearest f16 with ties to even (subnormals included), as
+/// [`Backend::upload_half`] stores them. A value without a finite f16
+/// (`|x| >= 65520`, infinities, NaN) is refused with
+/// [`BackendError::HalfRange`] naming `backend` and the first such index:
+/// half precision is a storage choice for tensors known to be small
+/// (embeddings, heads), so saturating would silently change the model.
+pub fn f16_bits(backend: &str, data: &[f32]) -> Result<Vec<u16>, BackendError> {
+    let mut out = vec![half::f16::ZERO; data.len()];
+    half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut out[..], data);
+    if let Some(index) = out.iter().position(|h| !h.is_finite()) {
+        return Err(BackendError::HalfRange {
+            backend: backend.into(),
+            index,
+            value: data[index],
+        });
+    }
+    Ok(half::slice::HalfFloatSliceExt::reinterpret_cast(&out[..]).to_vec())
 }
 
 /// `C = alpha * op(A) · op(B) + beta * C` with `op(A)` of shape `[m, k]` and
@@ -266,6 +302,10 @@ pub trait Backend: Send + Sync {
     type Ids: Send + Sync;
     /// A packed ternary matrix with its per-tensor scale.
     type Ternary: Send + Sync;
+    /// A half-precision (IEEE f16) matrix: the storage of the embedding
+    /// table and the output head (half the bytes of f32 and half the bytes
+    /// read per decoded token). Ops widen it to f32 and accumulate in f32.
+    type Half: Send + Sync;
 
     /// Human-readable name (`cpu (2 threads, avx2)`, `wgpu: NVIDIA H100 (Vulkan)`).
     fn name(&self) -> String;
@@ -307,6 +347,13 @@ pub trait Backend: Send + Sync {
     fn ternary_bytes(&self, w: &Self::Ternary) -> u64;
     /// `(rows, cols)` = `(out_features, in_features)`.
     fn ternary_shape(&self, w: &Self::Ternary) -> (usize, usize);
+    /// Upload `data` as f16, each value rounded to the nearest f16 (ties to
+    /// even); a value that does not round to a finite f16 is
+    /// [`BackendError::HalfRange`] ([`f16_bits`]: every backend refuses the
+    /// same inputs).
+    fn upload_half(&self, data: &[f32]) -> Result<Self::Half, BackendError>;
+    /// Number of f16 values in `h`.
+    fn half_len(&self, h: &Self::Half) -> usize;
 
     // ---- BitLinear ----------------------------------------------------
     /// BitNet W1.58A8 product: for each of `rows` rows of `x` (`[rows, cols]`),
@@ -479,6 +526,18 @@ pub trait Backend: Send + Sync {
         dtable: &mut Self::Buf,
         dim: usize,
     );
+
+    // ---- half-precision embedding and head ------------------------------
+    /// [`Backend::embedding`] from an f16 table: `y[r] = f32(table[ids[r]])`
+    /// (exact: every f16 is an f32).
+    fn embedding_half(&self, table: &Self::Half, ids: &Self::Ids, y: &mut Self::Buf, dim: usize);
+    /// [`Backend::matmul`] with an f16 `B`: `C = alpha op(A) · op(B) + beta
+    /// C`, every f16 of B widened to f32 and the products accumulated in f32.
+    /// The LM head is `trans_b` (`logits = x · Bᵀ`, B `[vocab, hidden]`), its
+    /// input gradient plain (`dx = dlogits · B`); every layout is honoured.
+    /// Float path: equal to [`Backend::matmul`] on the f16 values of B up to
+    /// summation order (the CPU keeps the same order: bit-identical).
+    fn matmul_half(&self, a: &Self::Buf, b: &Self::Half, c: &mut Self::Buf, g: Gemm);
 
     // ---- loss ----------------------------------------------------------
     /// Fused softmax cross-entropy over `rows` rows of `logits [rows, vocab]`.

@@ -134,7 +134,7 @@ where
     // Forward, keeping each block's input (the checkpoints).
     let mut xs: Vec<B::Buf> = Vec::with_capacity(model.layers.len() + 1);
     let mut x0 = be.alloc(rows * h)?;
-    be.embedding(&model.embed, &ids, &mut x0, h);
+    model.embed.gather(be, &ids, &mut x0, h);
     xs.push(x0);
     let mut acts = BlockActs::new(be, cfg, rows)?;
     for (l, layer) in model.layers.iter().enumerate() {
@@ -174,7 +174,8 @@ where
     be.cross_entropy(&logits, &tgt, &mut loss, dl, rows, vocab, scale);
     drop(logits);
     let mut dxn = be.alloc(rows * h)?;
-    be.matmul(&dlogits, head, &mut dxn, Gemm::new(rows, vocab, h));
+    // the head's input gradient, from the same table as its forward
+    head.matmul(be, &dlogits, &mut dxn, Gemm::new(rows, vocab, h));
     // Head gradient: dlogitsᵀ · xn (into the embedding when tied).
     let head_key = if model.lm_head.is_some() {
         Param::Head

@@ -32,7 +32,7 @@ use tern_backend::{AdamW, Backend, BackendError};
 use tern_io::safetensors::{write_safetensors, Checkpoint, Dtype};
 use tern_model::block::{bitlinear, BlockHooks, Site};
 use tern_model::model::ActQuant;
-use tern_model::{BitNetConfig, Model, ModelError, Param, Proj, WeightError};
+use tern_model::{BitNetConfig, HeadPrecision, Model, ModelError, Param, Proj, WeightError};
 
 pub use crate::latent::{LatentLayer, LatentWeights};
 pub use crate::schedule::{PretrainSchedule, StepHparams, TwoStage};
@@ -117,7 +117,8 @@ impl<B: Backend> Pretrainer<B> {
         act_quant: ActQuant,
     ) -> Result<Self, PretrainError> {
         weights.check()?;
-        let model = Model::load(backend, weights)?;
+        // QAT trains the embedding and head: they stay in f32 on every backend
+        let model = Model::load_with_head(backend, weights, HeadPrecision::F32)?;
         let be = &model.backend;
         let mut params = ParamSet::new(Clearing::Eager);
         for key in Param::all(&model.cfg) {

@@ -21,6 +21,7 @@
 use crate::config::BitNetConfig;
 use crate::keys::{Norm, Proj};
 use crate::model::{ActQuant, Layer};
+use crate::table::Table;
 use tern_backend::fused::{AttnIn, FfnIn, NormIn, RopeDims};
 use tern_backend::{AttnDims, Backend, BackendError, Gemm};
 
@@ -327,15 +328,15 @@ fn forward_fused<B: Backend>(
 }
 
 /// Logits `[rows, vocab]` of the final-normed hidden states `xn` through the
-/// head (`[vocab, hidden]`, the embedding when tied).
+/// head (`[vocab, hidden]` in f32 or f16, the embedding when tied).
 pub fn logits<B: Backend>(
     be: &B,
     cfg: &BitNetConfig,
-    head: &B::Buf,
+    head: &Table<B>,
     xn: &B::Buf,
     out: &mut B::Buf,
     rows: usize,
 ) {
     let g = Gemm::new(rows, cfg.hidden_size, cfg.vocab_size).trans_b();
-    be.matmul(xn, head, out, g);
+    head.matmul(be, xn, out, g);
 }

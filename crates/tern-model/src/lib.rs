@@ -40,10 +40,12 @@ pub mod model;
 pub mod random;
 pub mod sample;
 pub mod source;
+pub mod table;
 pub mod tokenizer;
 pub mod weights;
 
 pub use config::{BitNetConfig, ConfigError, HiddenAct};
 pub use keys::{LayerTensor, Norm, Param, Proj};
 pub use model::{Model, ModelError};
+pub use table::{HeadPrecision, Table};
 pub use weights::{GgufWeights, HfWeights, WeightError, WeightSource};

@@ -3,13 +3,15 @@
 //! layer, final norm and head).
 //!
 //! Every projection is a BitLinear (ternary weights, per-token int8
-//! activations); the embedding, the norms and the LM head stay in f32.
+//! activations); the norms stay in f32, the embedding and the LM head in f32
+//! or f16 ([`HeadPrecision`], chosen at load: f16 by default on a GPU).
 //! [`ActQuant::None`] switches the projections to float activations, a
 //! diagnostic mode for comparing with runtimes that do not quantize them.
 
 use crate::block::{self, Attend, BlockActs, BlockHooks, Site};
 use crate::config::{BitNetConfig, HiddenAct};
 use crate::keys::{LayerTensor, Norm, Param, Proj};
+pub use crate::table::{HeadPrecision, Table};
 use crate::weights::{WeightError, WeightSource};
 use std::collections::HashMap;
 use tern_backend::{Activation, Backend, BackendError, Gemm};
@@ -83,12 +85,12 @@ impl<B: Backend> Layer<B> {
 pub struct Model<B: Backend> {
     pub cfg: BitNetConfig,
     pub backend: B,
-    /// `[vocab, hidden]`.
-    pub embed: B::Buf,
+    /// `[vocab, hidden]`; also the head when tied.
+    pub embed: Table<B>,
     pub layers: Vec<Layer<B>>,
     pub norm: B::Buf,
     /// `[vocab, hidden]`; `None` when tied to the embedding.
-    pub lm_head: Option<B::Buf>,
+    pub lm_head: Option<Table<B>>,
     cache: Option<KvCache<B>>,
     /// Activation buffers of the last forward, reused while the token count
     /// stays the same (every decode step), so decoding allocates nothing.
@@ -103,14 +105,15 @@ pub struct Model<B: Backend> {
 /// A model's dense (f32) parameters, mutable, by key
 /// ([`Model::backend_and_params_mut`]).
 pub struct DenseParamsMut<'a, B: Backend> {
-    embed: &'a mut B::Buf,
+    embed: &'a mut Table<B>,
     norm: &'a mut B::Buf,
-    lm_head: Option<&'a mut B::Buf>,
+    lm_head: Option<&'a mut Table<B>>,
     layers: &'a mut [Layer<B>],
 }
 
 impl<'a, B: Backend> DenseParamsMut<'a, B> {
-    /// The parameter of `key`; `None` for a projection or a tied head.
+    /// The parameter of `key`; `None` for a projection, a tied head or a
+    /// table stored in f16.
     pub fn get(&mut self, key: Param) -> Option<&mut B::Buf> {
         DenseParamsMut {
             embed: &mut *self.embed,
@@ -124,9 +127,9 @@ impl<'a, B: Backend> DenseParamsMut<'a, B> {
     /// [`Self::get`], keeping the borrow.
     pub fn into_param(self, key: Param) -> Option<&'a mut B::Buf> {
         match key {
-            Param::Embed => Some(self.embed),
+            Param::Embed => self.embed.as_f32_mut(),
             Param::FinalNorm => Some(self.norm),
-            Param::Head => self.lm_head,
+            Param::Head => self.lm_head.and_then(Table::as_f32_mut),
             Param::Norm(l, n) => self.layers.get_mut(l).map(|layer| layer.norm_mut(n)),
             Param::Proj(..) => None,
         }
@@ -274,6 +277,15 @@ pub enum ModelError {
     },
     #[error("LoRA: {0}")]
     Lora(String),
+    #[error(
+        "tensor {tensor}: element {index} is {value}, beyond the f16 range (|x| < 65520); \
+         keep the embedding and head in f32 (--head f32, HeadPrecision::F32)"
+    )]
+    HalfRange {
+        tensor: String,
+        index: usize,
+        value: f32,
+    },
     #[error("empty input: at least one token is needed")]
     Empty,
 }
@@ -294,13 +306,29 @@ impl HiddenAct {
 }
 
 impl<B: Backend> Model<B> {
-    /// Upload every weight from `src` (one tensor at a time) onto `backend`.
+    /// Upload every weight from `src` (one tensor at a time) onto `backend`,
+    /// the embedding and head in the backend's default precision
+    /// ([`HeadPrecision::default_for`]: f16 on a GPU, f32 on the CPU).
     pub fn load(backend: B, src: &dyn WeightSource) -> Result<Self, ModelError> {
+        let head = HeadPrecision::default_for(&backend);
+        Self::load_with_head(backend, src, head)
+    }
+
+    /// [`Model::load`] with the embedding and head stored in `head`
+    /// precision (one table when they are tied).
+    pub fn load_with_head(
+        backend: B,
+        src: &dyn WeightSource,
+        head: HeadPrecision,
+    ) -> Result<Self, ModelError> {
         let cfg = src.config().clone();
         let dense = |key: Param| -> Result<B::Buf, ModelError> {
             Ok(backend.upload(&src.f32_tensor(key)?)?)
         };
-        let embed = dense(Param::Embed)?;
+        let table = |key: Param| -> Result<Table<B>, ModelError> {
+            Table::upload(&backend, key, &src.f32_tensor(key)?, head)
+        };
+        let embed = table(Param::Embed)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|l| Layer::load(&backend, src, l))
             .collect::<Result<Vec<_>, _>>()?;
@@ -308,7 +336,7 @@ impl<B: Backend> Model<B> {
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(dense(Param::Head)?)
+            Some(table(Param::Head)?)
         };
         Ok(Model {
             cfg,
@@ -327,12 +355,13 @@ impl<B: Backend> Model<B> {
 
     /// A dense (f32) parameter on the device: the embedding, the final norm,
     /// the untied head or a layer's norm; `None` for a projection (packed
-    /// ternary: [`Layer::proj`]) or a head the model ties to the embedding.
+    /// ternary: [`Layer::proj`]), a head the model ties to the embedding, or
+    /// an embedding or head stored in f16 ([`Model::embed`] holds it).
     pub fn param(&self, key: Param) -> Option<&B::Buf> {
         match key {
-            Param::Embed => Some(&self.embed),
+            Param::Embed => self.embed.as_f32(),
             Param::FinalNorm => Some(&self.norm),
-            Param::Head => self.lm_head.as_ref(),
+            Param::Head => self.lm_head.as_ref().and_then(Table::as_f32),
             Param::Norm(l, n) => self.layers.get(l).map(|layer| layer.norm(n)),
             Param::Proj(..) => None,
         }
@@ -356,8 +385,13 @@ impl<B: Backend> Model<B> {
     }
 
     /// The output head: the untied `lm_head`, or the embedding.
-    pub fn head(&self) -> &B::Buf {
+    pub fn head(&self) -> &Table<B> {
         self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// How the embedding and the head are stored.
+    pub fn head_precision(&self) -> HeadPrecision {
+        self.embed.precision()
     }
 
     /// Add a low-rank delta `scale · B A` to projection `p` of layer `layer`
@@ -569,7 +603,7 @@ impl<B: Backend> Model<B> {
         }
         let positions: Vec<u32> = (n_past..n_past + n).map(|p| p as u32).collect();
         b.write_ids(&mut w.pos, &positions);
-        b.embedding(&self.embed, &w.ids, &mut w.x, h);
+        self.embed.gather(b, &w.ids, &mut w.x, h);
         let mut hooks = Infer {
             cfg,
             mode: self.act_quant,
@@ -638,6 +672,83 @@ mod tests {
         )
         .unwrap();
         Model::load(Cpu::with_threads(2), &RandomWeights::new(cfg, 3)).unwrap()
+    }
+
+    /// `src` with the embedding and head rounded to f16 values (held in f32).
+    struct Rounded<'a>(&'a dyn WeightSource);
+
+    impl WeightSource for Rounded<'_> {
+        fn config(&self) -> &BitNetConfig {
+            self.0.config()
+        }
+        fn f32_tensor(&self, key: Param) -> Result<Vec<f32>, WeightError> {
+            let v = self.0.f32_tensor(key)?;
+            Ok(match key {
+                Param::Embed | Param::Head => {
+                    let h = Cpu::with_threads(1).upload_half(&v).unwrap();
+                    h.values().iter().map(|h| h.to_f32()).collect()
+                }
+                _ => v,
+            })
+        }
+        fn ternary(
+            &self,
+            layer: usize,
+            p: Proj,
+        ) -> Result<Box<dyn tern_backend::TernarySource + '_>, WeightError> {
+            self.0.ternary(layer, p)
+        }
+    }
+
+    /// BIT-IDENTICAL on the CPU: a model with an f16 embedding and head
+    /// gives exactly the logits of the f32 model whose tables hold the
+    /// f16-rounded values (prefill and cached decode), tied or untied; one
+    /// table when tied.
+    #[test]
+    fn an_f16_head_is_the_f32_head_of_the_rounded_tables() {
+        for tied in [true, false] {
+            let cfg = BitNetConfig::from_json_str(
+                "tiny",
+                &format!(
+                    r#"{{"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 50,
+                    "hidden_act": "relu2", "tie_word_embeddings": {tied},
+                    "max_position_embeddings": 32}}"#
+                ),
+            )
+            .unwrap();
+            let src = RandomWeights::new(cfg, 4);
+            let cpu = || Cpu::with_threads(2);
+            let mut half = Model::load_with_head(cpu(), &src, HeadPrecision::F16).unwrap();
+            let mut exact =
+                Model::load_with_head(cpu(), &Rounded(&src), HeadPrecision::F32).unwrap();
+            let mut plain = Model::load(cpu(), &src).unwrap();
+            assert_eq!(half.head_precision(), HeadPrecision::F16);
+            assert_eq!(
+                plain.head_precision(),
+                HeadPrecision::F32,
+                "the CPU default"
+            );
+            assert_eq!(half.lm_head.is_none(), tied);
+            assert!(
+                half.param(Param::Embed).is_none(),
+                "an f16 table is no f32 param"
+            );
+            let toks = [1u32, 7, 3, 44, 9];
+            let a = half.forward(&toks, true).unwrap();
+            let b = exact.forward(&toks, true).unwrap();
+            assert_eq!(a, b, "tied {tied}: prefill");
+            let (d1, d2) = (half.forward(&[12], false), exact.forward(&[12], false));
+            assert_eq!(d1.unwrap(), d2.unwrap(), "tied {tied}: decode");
+            // the f32 model differs from both, by the rounding of the tables
+            let c = plain.forward(&toks, true).unwrap();
+            let diff = a
+                .iter()
+                .zip(&c)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(diff > 0.0, "tied {tied}: f16 rounding changed nothing");
+        }
     }
 
     #[test]

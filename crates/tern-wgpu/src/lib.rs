@@ -37,7 +37,8 @@
 //!   `ternary` (BitLinear: packed codes, int8 activations, exact division;
 //!   its backward, re-ternarization, fake quantization), `gemm`, `reduce`,
 //!   `elementwise` (dropout, gate, AdamW), `norm`, `embedding`, `loss`,
-//!   `rope`, `attention` (its code generator in `attention::codegen`).
+//!   `rope`, `attention` (its code generator in `attention::codegen`),
+//!   `half` (f16 matrices: the embedding table and the LM head).
 //! - `shaders/`: the WGSL sources, one file per kernel family, plus the
 //!   modules they include (`exact`, `attention_common`, `softmax_row`, `gemm_params`,
 //!   `ternary_product_params`, `ternary_float_params`).
@@ -71,6 +72,7 @@ use std::sync::{Arc, Mutex};
 pub use ctx::{list_adapters, AdapterReport, WgpuError, WgpuOptions};
 use tern_backend::{Activation, AdamW, AttnDims, Backend, BackendError, Gemm, TernarySource};
 
+pub use ops::half::WHalf;
 pub use ops::ternary::WTernary;
 
 /// The device tern's tests run on: the adapter `TERN_WGPU_ADAPTER` names (a
@@ -245,6 +247,7 @@ impl Backend for Wgpu {
     type Buf = WBuf;
     type Ids = WIds;
     type Ternary = WTernary;
+    type Half = WHalf;
 
     fn name(&self) -> String {
         self.ctx.name()
@@ -301,6 +304,12 @@ impl Backend for Wgpu {
     }
     fn ternary_shape(&self, w: &WTernary) -> (usize, usize) {
         ops::ternary::ternary_shape(w)
+    }
+    fn upload_half(&self, data: &[f32]) -> Result<WHalf, BackendError> {
+        ops::half::upload_half(self, data)
+    }
+    fn half_len(&self, h: &WHalf) -> usize {
+        h.len
     }
 
     fn ternary_matmul(&self, w: &WTernary, x: &WBuf, y: &mut WBuf, rows: usize) {
@@ -419,6 +428,12 @@ impl Backend for Wgpu {
     }
     fn embedding_backward(&self, ids: &WIds, dy: &WBuf, dtable: &mut WBuf, dim: usize) {
         ops::embedding::embedding_backward(self, ids, dy, dtable, dim)
+    }
+    fn embedding_half(&self, table: &WHalf, ids: &WIds, y: &mut WBuf, dim: usize) {
+        ops::half::embedding_half(self, table, ids, y, dim)
+    }
+    fn matmul_half(&self, a: &WBuf, b: &WHalf, c: &mut WBuf, g: Gemm) {
+        ops::half::matmul_half(self, a, b, c, g)
     }
 
     fn cross_entropy(

@@ -1,7 +1,8 @@
-//! Whole models on wgpu against the CPU backend: logits of tiny models
-//! (prefill and KV-cache decode) within 1e-3, the fused decode path equal
-//! to the plain one bit for bit, and 20 LoRA training steps
-//! whose losses follow the CPU's within 1e-3 relative. Device failures come
+//! Whole models on wgpu against the CPU backend, the embedding and head in
+//! f32 and in f16 on both: logits of tiny models (prefill and KV-cache
+//! decode) within 1e-3, the fused decode path equal to the plain one bit for
+//! bit, greedy decoding on the device equal to the host loop, and 20 LoRA
+//! training steps whose losses follow the CPU's within 1e-3 relative. Device failures come
 //! back as errors. Without an adapter each test says why it was skipped (fails under CI=true).
 
 use tern_backend::{Backend, BackendError, Cpu};
@@ -9,7 +10,7 @@ use tern_lora::{Adapter, LoraConfig, Trainer};
 use tern_model::model::ActQuant;
 use tern_model::random::RandomWeights;
 use tern_model::sample::argmax;
-use tern_model::{BitNetConfig, Model};
+use tern_model::{BitNetConfig, HeadPrecision, Model};
 use tern_wgpu::{Wgpu, WgpuOptions};
 
 fn gpu() -> Option<Wgpu> {
@@ -41,43 +42,57 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+const HEADS: [HeadPrecision; 2] = [HeadPrecision::F32, HeadPrecision::F16];
+
+#[test]
+fn the_default_head_is_f16_on_wgpu() {
+    let Some(b) = gpu() else { return };
+    let cfg = configs().remove(0);
+    let m = Model::load(b, &RandomWeights::new(cfg, 5)).expect("wgpu model");
+    assert_eq!(m.head_precision(), HeadPrecision::F16);
+}
+
 #[test]
 fn tiny_model_logits_match_the_cpu() {
     let Some(_) = gpu() else { return };
     for (ci, cfg) in configs().into_iter().enumerate() {
-        let w = RandomWeights::new(cfg.clone(), 5);
-        let mut cpu = Model::load(Cpu::with_threads(2), &w).expect("cpu model");
-        let mut gpu = Model::load(gpu().expect("adapter"), &w).expect("wgpu model");
-        let prompt: Vec<u32> = (0..11)
-            .map(|i| (i * 7 + 3) % cfg.vocab_size as u32)
-            .collect();
-        cpu.set_context(20).expect("context");
-        gpu.set_context(20).expect("context");
-        let (a, b) = (
-            cpu.forward(&prompt, true).unwrap(),
-            gpu.forward(&prompt, true).unwrap(),
-        );
-        let d = max_diff(&a, &b);
-        assert!(d <= 1e-3, "config {}: prefill logits differ by {d}", ci);
-        for t in [5u32, 17, 2] {
+        for head in HEADS {
+            let ci = format!("{ci} ({} head)", head.name());
+            let w = RandomWeights::new(cfg.clone(), 5);
+            let mut cpu = Model::load_with_head(Cpu::with_threads(2), &w, head).expect("cpu model");
+            let mut gpu =
+                Model::load_with_head(gpu().expect("adapter"), &w, head).expect("wgpu model");
+            let prompt: Vec<u32> = (0..11)
+                .map(|i| (i * 7 + 3) % cfg.vocab_size as u32)
+                .collect();
+            cpu.set_context(20).expect("context");
+            gpu.set_context(20).expect("context");
             let (a, b) = (
-                cpu.forward(&[t], false).unwrap(),
-                gpu.forward(&[t], false).unwrap(),
+                cpu.forward(&prompt, true).unwrap(),
+                gpu.forward(&prompt, true).unwrap(),
             );
             let d = max_diff(&a, &b);
-            assert!(d <= 1e-3, "config {}: decode logits differ by {d}", ci);
+            assert!(d <= 1e-3, "config {}: prefill logits differ by {d}", ci);
+            for t in [5u32, 17, 2] {
+                let (a, b) = (
+                    cpu.forward(&[t], false).unwrap(),
+                    gpu.forward(&[t], false).unwrap(),
+                );
+                let d = max_diff(&a, &b);
+                assert!(d <= 1e-3, "config {}: decode logits differ by {d}", ci);
+            }
+            // the float-activation diagnostic mode as well
+            cpu.set_activation_quant(ActQuant::None);
+            gpu.set_activation_quant(ActQuant::None);
+            cpu.reset();
+            gpu.reset();
+            let (a, b) = (
+                cpu.forward(&prompt, true).unwrap(),
+                gpu.forward(&prompt, true).unwrap(),
+            );
+            let d = max_diff(&a, &b);
+            assert!(d <= 1e-3, "config {}: float-mode logits differ by {d}", ci);
         }
-        // the float-activation diagnostic mode as well
-        cpu.set_activation_quant(ActQuant::None);
-        gpu.set_activation_quant(ActQuant::None);
-        cpu.reset();
-        gpu.reset();
-        let (a, b) = (
-            cpu.forward(&prompt, true).unwrap(),
-            gpu.forward(&prompt, true).unwrap(),
-        );
-        let d = max_diff(&a, &b);
-        assert!(d <= 1e-3, "config {}: float-mode logits differ by {d}", ci);
     }
 }
 
@@ -153,40 +168,43 @@ fn check_greedy<B: Backend>(mut m: Model<B>) {
 fn lora_training_follows_the_cpu_loss_curve() {
     let Some(_) = gpu() else { return };
     for (ci, cfg) in configs().into_iter().enumerate() {
-        let w = RandomWeights::new(cfg.clone(), 9);
-        let cpu = Model::load(Cpu::with_threads(2), &w).expect("cpu model");
-        let gpu = Model::load(gpu().expect("adapter"), &w).expect("wgpu model");
-        let ad = Adapter::init(
-            &cfg,
-            LoraConfig {
-                rank: 4,
-                alpha: 8.0,
-                dropout: 0.1,
-                targets: LoraConfig::parse_targets("all").expect("targets"),
-            },
-            3,
-        )
-        .expect("adapter");
-        let (batch, seq) = (2, 16);
-        let toks: Vec<u32> = (0..batch * seq + 1)
-            .map(|i| ((i * 13 + 5) % cfg.vocab_size) as u32)
-            .collect();
-        let (x, mut y) = (toks[..batch * seq].to_vec(), toks[1..].to_vec());
-        y[3] = u32::MAX; // a masked position
-        let a = train(&cpu, &ad, &x, &y, batch, seq);
-        let b = train(&gpu, &ad, &x, &y, batch, seq);
-        assert!(
-            a[19] < a[0] - 0.05,
-            "config {}: the CPU run must learn: {a:?}",
-            ci
-        );
-        for (i, (l1, l2)) in a.iter().zip(&b).enumerate() {
-            let rel = (l1 - l2).abs() / l1.abs();
+        for head in HEADS {
+            let ci = format!("{ci} ({} head)", head.name());
+            let w = RandomWeights::new(cfg.clone(), 9);
+            let cpu = Model::load_with_head(Cpu::with_threads(2), &w, head).expect("cpu model");
+            let gpu = Model::load_with_head(gpu().expect("adapter"), &w, head).expect("wgpu model");
+            let ad = Adapter::init(
+                &cfg,
+                LoraConfig {
+                    rank: 4,
+                    alpha: 8.0,
+                    dropout: 0.1,
+                    targets: LoraConfig::parse_targets("all").expect("targets"),
+                },
+                3,
+            )
+            .expect("adapter");
+            let (batch, seq) = (2, 16);
+            let toks: Vec<u32> = (0..batch * seq + 1)
+                .map(|i| ((i * 13 + 5) % cfg.vocab_size) as u32)
+                .collect();
+            let (x, mut y) = (toks[..batch * seq].to_vec(), toks[1..].to_vec());
+            y[3] = u32::MAX; // a masked position
+            let a = train(&cpu, &ad, &x, &y, batch, seq);
+            let b = train(&gpu, &ad, &x, &y, batch, seq);
             assert!(
-                rel <= 1e-3,
-                "config {}: step {i}: cpu loss {l1}, wgpu loss {l2} (relative {rel:e})",
+                a[19] < a[0] - 0.05,
+                "config {}: the CPU run must learn: {a:?}",
                 ci
             );
+            for (i, (l1, l2)) in a.iter().zip(&b).enumerate() {
+                let rel = (l1 - l2).abs() / l1.abs();
+                assert!(
+                    rel <= 1e-3,
+                    "config {}: step {i}: cpu loss {l1}, wgpu loss {l2} (relative {rel:e})",
+                    ci
+                );
+            }
         }
     }
 }

@@ -1,8 +1,10 @@
 //! `--backend cpu|wgpu`: which device runs the ops, and a way to run a
 //! command body generic over the chosen [`Backend`].
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tern_backend::{Backend, Cpu};
+use tern_model::weights::WeightSource;
+use tern_model::{HeadPrecision, Model};
 use tern_wgpu::{Wgpu, WgpuOptions};
 
 /// Where the ops run.
@@ -27,6 +29,59 @@ pub struct BackendArgs {
     /// wgpu: use the adapter whose name contains this text (`tern info` lists them).
     #[arg(long)]
     pub gpu: Option<String>,
+}
+
+/// `--head` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadArg {
+    /// f32: exact parity with transformers, llama.cpp and PEFT.
+    F32,
+    /// IEEE f16 (nearest, ties to even), f32 accumulation.
+    F16,
+}
+
+impl From<HeadArg> for HeadPrecision {
+    fn from(h: HeadArg) -> Self {
+        match h {
+            HeadArg::F32 => HeadPrecision::F32,
+            HeadArg::F16 => HeadPrecision::F16,
+        }
+    }
+}
+
+/// `--head`, for the commands that load a model for inference or LoRA.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct HeadArgs {
+    /// Storage of the token embedding and the LM head (one table when tied):
+    /// f16 halves their memory and the bytes read per decoded token
+    /// (default on wgpu); f32 keeps exact parity with transformers,
+    /// llama.cpp and PEFT (default on the CPU).
+    #[arg(long, value_enum)]
+    pub head: Option<HeadArg>,
+}
+
+impl HeadArgs {
+    /// The precision asked for, else the backend's default.
+    pub fn precision<B: Backend>(&self, backend: &B) -> HeadPrecision {
+        self.head
+            .map_or_else(|| HeadPrecision::default_for(backend), Into::into)
+    }
+
+    /// Load `src` (the model `name`) onto `backend` with this head.
+    pub fn load<B: Backend>(
+        &self,
+        backend: B,
+        src: &dyn WeightSource,
+        name: &str,
+    ) -> Result<Model<B>> {
+        let head = self.precision(&backend);
+        Model::load_with_head(backend, src, head).with_context(|| {
+            format!(
+                "loading model {name} with the embedding and head in {}",
+                head.name()
+            )
+        })
+    }
 }
 
 /// A command body that works on any backend.

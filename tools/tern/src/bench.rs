@@ -9,9 +9,8 @@ use tern_backend::Backend;
 use tern_lora::{Adapter, LoraConfig, Trainer};
 use tern_model::model::ActQuant;
 use tern_model::source::ModelSource;
-use tern_model::Model;
 
-use crate::backend::{peak_rss, BackendArgs, Job};
+use crate::backend::{peak_rss, BackendArgs, HeadArgs, Job};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -19,6 +18,8 @@ pub struct BenchArgs {
     pub model: String,
     #[command(flatten)]
     pub backend: BackendArgs,
+    #[command(flatten)]
+    pub head: HeadArgs,
     /// Prompt tokens for the prefill measurement (0 skips prefill and decode).
     #[arg(long, short = 'p', visible_alias = "n-prompt", default_value_t = 128)]
     pub prefill: usize,
@@ -56,6 +57,8 @@ pub struct BenchArgs {
 pub struct BenchResult {
     pub model: String,
     pub backend: String,
+    /// Storage of the embedding and the LM head: `f32` or `f16`.
+    pub head: String,
     pub load_s: f64,
     pub weights_mib: Option<f64>,
     pub lora_tokens_per_step: usize,
@@ -134,12 +137,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
 fn bench_on<B: Backend>(a: &BenchArgs, backend: B) -> Result<BenchResult> {
     let src = ModelSource::open(&a.model).with_context(|| format!("loading model {}", a.model))?;
     let t = Instant::now();
-    let mut model = Model::load(backend, src.weights())?;
+    let mut model = a.head.load(backend, src.weights(), &a.model)?;
     model.set_fused(!a.unfused);
     model.backend.synchronize()?;
     let mut r = BenchResult {
         model: a.model.clone(),
         backend: model.backend.name(),
+        head: model.head_precision().name().into(),
         load_s: t.elapsed().as_secs_f64(),
         weights_mib: model.backend.device_memory().map(|m| mib(m.0)),
         lora_tokens_per_step: a.ctx,
@@ -151,8 +155,8 @@ fn bench_on<B: Backend>(a: &BenchArgs, backend: B) -> Result<BenchResult> {
     };
     let cfg = model.cfg.clone();
     eprintln!(
-        "{}: {} layers, hidden {}, loaded in {:.1} s on {}",
-        a.model, cfg.num_hidden_layers, cfg.hidden_size, r.load_s, r.backend
+        "{}: {} layers, hidden {}, {} head, loaded in {:.1} s on {}",
+        a.model, cfg.num_hidden_layers, cfg.hidden_size, r.head, r.load_s, r.backend
     );
 
     if a.lora_steps > 0 {

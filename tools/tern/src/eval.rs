@@ -7,10 +7,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 use tern_backend::Backend;
 use tern_model::source::ModelSource;
-use tern_model::Model;
 use tern_synth::{exact_match_as, read_examples, Example, Format, TaskKind};
 
-use crate::backend::{BackendArgs, Job};
+use crate::backend::{BackendArgs, HeadArgs, Job};
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -44,6 +43,8 @@ pub struct EvalArgs {
     pub json: Option<PathBuf>,
     #[command(flatten)]
     pub backend: BackendArgs,
+    #[command(flatten)]
+    pub head: HeadArgs,
 }
 
 pub fn run(a: &EvalArgs) -> Result<()> {
@@ -91,7 +92,7 @@ fn score_on<B: Backend>(
 ) -> Result<()> {
     let src = ModelSource::open(&a.model).with_context(|| format!("loading model {}", a.model))?;
     let tok = src.tokenizer(a.tokenizer.as_deref())?;
-    let mut model = Model::load(backend, src.weights())?;
+    let mut model = a.head.load(backend, src.weights(), &a.model)?;
     for path in &a.lora {
         let ad = crate::run::load_adapter(path, &model.cfg)?;
         tern_lora::attach(&mut model, &ad)?;

@@ -9,9 +9,8 @@ use tern_lora::schedule::ScheduleKind;
 use tern_lora::{Adapter, LoraConfig};
 use tern_model::model::ActQuant;
 use tern_model::source::ModelSource;
-use tern_model::Model;
 
-use crate::backend::{BackendArgs, Job};
+use crate::backend::{BackendArgs, HeadArgs, Job};
 use crate::run::load_adapter;
 
 /// Training-loop flags shared by `tern finetune` and `tern pretrain` (same
@@ -169,6 +168,8 @@ pub struct FinetuneArgs {
     pub train: LoopArgs,
     #[command(flatten)]
     pub backend: BackendArgs,
+    #[command(flatten)]
+    pub head: HeadArgs,
 }
 
 pub fn run(a: &FinetuneArgs) -> Result<()> {
@@ -185,7 +186,7 @@ pub fn run(a: &FinetuneArgs) -> Result<()> {
 fn run_on<B: Backend>(a: &FinetuneArgs, backend: B) -> Result<()> {
     let src = ModelSource::open(&a.model).with_context(|| format!("loading model {}", a.model))?;
     let tok = src.tokenizer(a.tokenizer.as_deref())?;
-    let model = Model::load(backend, src.weights())?;
+    let model = a.head.load(backend, src.weights(), &a.model)?;
     let cfg = model.cfg.clone();
     if tok.vocab_size() > cfg.vocab_size {
         bail!(

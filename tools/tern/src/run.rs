@@ -11,7 +11,7 @@ use tern_model::source::ModelSource;
 use tern_model::tokenizer::StreamDecoder;
 use tern_model::Model;
 
-use crate::backend::{BackendArgs, Job};
+use crate::backend::{BackendArgs, HeadArgs, Job};
 
 /// The names of the built-in configs (`models/*.json`, embedded in
 /// tern-model), comma-separated.
@@ -42,6 +42,8 @@ pub struct ModelArgs {
     pub tokenizer: Option<PathBuf>,
     #[command(flatten)]
     pub backend: BackendArgs,
+    #[command(flatten)]
+    pub head: HeadArgs,
     /// Context length for the KV cache (default: what the run needs, at most the model's
     /// maximum).
     #[arg(long, short = 'c', visible_alias = "ctx-size")]
@@ -82,7 +84,7 @@ impl ModelArgs {
         let src = ModelSource::open(&self.model)
             .with_context(|| format!("loading model {}", self.model))?;
         let t = Instant::now();
-        let mut model = Model::load(backend, src.weights())?;
+        let mut model = self.head.load(backend, src.weights(), &self.model)?;
         model.set_activation_quant(self.act_quant.into());
         if let ModelSource::Gguf(g) = &src {
             let re = g.reternarized();
@@ -107,10 +109,11 @@ impl ModelArgs {
             );
         }
         eprintln!(
-            "loaded {} ({} layers, hidden {}) in {:.2} s on {}",
+            "loaded {} ({} layers, hidden {}, {} head) in {:.2} s on {}",
             self.model,
             model.cfg.num_hidden_layers,
             model.cfg.hidden_size,
+            model.head_precision().name(),
             t.elapsed().as_secs_f64(),
             model.backend.name()
         );

@@ -1,6 +1,6 @@
 //! The command line itself: README against the built-in configs, prompt
-//! files, `tern gen-checkpoint` with `tern convert`'s target checks, and
-//! `tern adapters init`.
+//! files, `tern gen-checkpoint` with `tern convert`'s target checks,
+//! `tern adapters init`, and `tern bench`'s JSON line.
 
 use std::path::{Path, PathBuf};
 
@@ -190,5 +190,40 @@ fn adapters_init_writes_peft_init_or_a_seeded_uniform_b() {
                 assert_eq!(v, expect, "B of {k:?}");
             }
         }
+    }
+}
+
+/// `tern bench` names the storage of the embedding and head in its JSON
+/// line: the CPU's default (f32) and `--head f16`.
+#[test]
+fn bench_reports_the_head_precision() {
+    for (extra, want) in [
+        (None, "\"head\":\"f32\""),
+        (Some("f16"), "\"head\":\"f16\""),
+    ] {
+        let mut args = vec![
+            "bench",
+            "--model",
+            "random:125m",
+            "--threads",
+            "2",
+            "--lora-steps",
+            "1",
+            "--ctx",
+            "8",
+            "--prefill",
+            "4",
+            "--decode",
+            "1",
+            "--warmup",
+            "0",
+            "--quiet",
+        ];
+        if let Some(h) = extra {
+            args.extend(["--head", h]);
+        }
+        let (ok, out, err) = tern(&args);
+        assert!(ok, "{err}");
+        assert!(out.contains(want), "{extra:?}: {out}");
     }
 }

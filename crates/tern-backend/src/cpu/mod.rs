@@ -7,10 +7,12 @@
 //! not depend on it, and reductions run in a fixed order.
 
 mod attention;
+mod half;
 mod ternary;
 
 use rayon::prelude::*;
 
+pub use half::CpuHalf;
 pub use ternary::CpuTernary;
 
 use crate::{contract, Activation, AdamW, AttnDims, Backend, BackendError, Gemm, TernarySource};
@@ -89,6 +91,7 @@ impl Backend for Cpu {
     type Buf = Vec<f32>;
     type Ids = Vec<u32>;
     type Ternary = CpuTernary;
+    type Half = CpuHalf;
 
     fn name(&self) -> String {
         format!("cpu ({} threads, {})", self.threads, self.kernel.name())
@@ -133,6 +136,15 @@ impl Backend for Cpu {
     }
     fn ternary_shape(&self, w: &CpuTernary) -> (usize, usize) {
         w.shape()
+    }
+    fn upload_half(&self, data: &[f32]) -> Result<CpuHalf, BackendError> {
+        let bits = crate::f16_bits("cpu", data)?;
+        Ok(CpuHalf {
+            data: bits.into_iter().map(::half::f16::from_bits).collect(),
+        })
+    }
+    fn half_len(&self, h: &CpuHalf) -> usize {
+        h.data.len()
     }
 
     fn ternary_matmul(&self, w: &CpuTernary, x: &Vec<f32>, y: &mut Vec<f32>, rows: usize) {
@@ -533,6 +545,22 @@ impl Backend for Cpu {
                 *d += g;
             }
         }
+    }
+
+    fn embedding_half(&self, table: &CpuHalf, ids: &Vec<u32>, y: &mut Vec<f32>, dim: usize) {
+        let vocab = contract::embedding(
+            "cpu",
+            "embedding_half",
+            [table.data.len(), ids.len(), y.len()],
+            dim,
+        );
+        self.pool
+            .install(|| half::gather(&table.data, ids, y, dim, vocab));
+    }
+
+    fn matmul_half(&self, a: &Vec<f32>, b: &CpuHalf, c: &mut Vec<f32>, g: Gemm) {
+        g.check_op("cpu", "matmul_half", a.len(), b.data.len(), c.len());
+        self.pool.install(|| half::matmul(a, &b.data, c, g));
     }
 
     fn cross_entropy(

@@ -10,7 +10,7 @@ use bytemuck::{Pod, Zeroable};
 use tern_backend::Gemm;
 
 use super::{ranges, rows_per_window, scratch};
-use crate::ctx::WG;
+use crate::ctx::{View, WG};
 use crate::shader::preprocess;
 use crate::{WBuf, Wgpu};
 
@@ -71,7 +71,7 @@ const TILE_LARGE: Tile = Tile {
 
 /// Up to this many rows of C with B stored `[n, k]`, the product runs as
 /// dot products over the rows of B (decode's LM head and projections).
-const GEMV_MAX: usize = 8;
+pub(crate) const GEMV_MAX: usize = 8;
 
 /// Largest block of rows or columns of C in one dispatch.
 const MAX_BLOCK: usize = 65535 * 64;
@@ -105,9 +105,9 @@ fn shrink(outer: &mut usize, inner: &mut usize, stride: usize, w: usize) {
     }
 }
 
-/// Block sizes `(mb, nb, kb)` such that every operand block of the product
-/// fits one binding of `w` elements.
-fn gemm_blocks(g: &Gemm, w: usize) -> (usize, usize, usize) {
+/// Block sizes `(mb, nb, kb)` such that the blocks of A and C fit one
+/// binding of `w` elements and the block of B one of `wb` elements of B.
+pub(crate) fn gemm_blocks(g: &Gemm, w: usize, wb: usize) -> (usize, usize, usize) {
     let (m, n, k) = (g.m, g.n, g.k);
     // At most 65535 tiles of 64 along each grid dimension.
     let (mut mb, mut nb, mut kb) = (m.min(MAX_BLOCK), n.min(MAX_BLOCK), k);
@@ -131,11 +131,11 @@ fn gemm_blocks(g: &Gemm, w: usize) -> (usize, usize, usize) {
             } else {
                 shrink(&mut mb, &mut kb, k, w);
             }
-        } else if sb > w {
+        } else if sb > wb {
             if g.trans_b {
-                shrink(&mut nb, &mut kb, k, w);
+                shrink(&mut nb, &mut kb, k, wb);
             } else {
-                shrink(&mut kb, &mut nb, n, w);
+                shrink(&mut kb, &mut nb, n, wb);
             }
         } else {
             return (mb, nb, kb);
@@ -148,6 +148,7 @@ fn gemm_blocks(g: &Gemm, w: usize) -> (usize, usize, usize) {
 /// staged loads): no private arrays, which a driver may leave in memory.
 fn gemm_source(t: Tile, defs: &[&str]) -> String {
     use std::fmt::Write;
+    let half_b = defs.contains(&"HB");
     let nt = (t.bm / t.tm) * (t.bn / t.tn);
     let (la, lb) = (t.bm * t.bk / nt, t.bk * t.bn / nt);
     let (gm, gn) = (t.tm / 4, t.tn / 4);
@@ -223,6 +224,9 @@ fn gemm_source(t: Tile, defs: &[&str]) -> String {
             ("PUT", put),
             ("FMA", fma),
             ("WRITE", write),
+            // B's loads: an f32 element, or an f16 one widened (HB)
+            ("B_AT", if half_b { "b_at(" } else { "b[" }.into()),
+            ("B_END", if half_b { ")" } else { "]" }.into()),
         ],
     )
 }
@@ -293,7 +297,7 @@ pub(crate) fn matmul(b: &Wgpu, a: &WBuf, bm: &WBuf, c: &mut WBuf, g: Gemm) {
         }
         return;
     }
-    let (mb, nb, kb) = gemm_blocks(&g, w);
+    let (mb, nb, kb) = gemm_blocks(&g, w, w);
     for (i0, ib) in ranges(m, mb) {
         for (j0, jb) in ranges(n, nb) {
             for (p0, pk) in ranges(k, kb) {
@@ -307,7 +311,7 @@ pub(crate) fn matmul(b: &Wgpu, a: &WBuf, bm: &WBuf, c: &mut WBuf, g: Gemm) {
 /// `C = alpha sum_z part[z] + beta C` over a `[mb, nb]` block of C (row
 /// stride `ldc`); `splits == 0` scales C by beta.
 #[allow(clippy::too_many_arguments)]
-fn sumk(
+pub(crate) fn sumk(
     b: &Wgpu,
     part: Option<&wgpu::Buffer>,
     splits: usize,
@@ -428,6 +432,37 @@ fn gemm_block(
         return;
     }
 
+    let c_view = (&c.buf, c_start);
+    tiled(
+        b,
+        g,
+        (va, sa, lda),
+        (vb, sb, ldb),
+        c_view,
+        (ib, jb, pk),
+        beta,
+        false,
+    );
+}
+
+/// The tiled kernel (split-K when the block has few output tiles) on one
+/// block of the product: A and B views with their shifts and leading
+/// dimensions, C from element `c_start` (row stride `g.n`), the block's
+/// rows, columns and k range `(ib, jb, pk)`. With `half_b`, B is f16 packed
+/// two per u32 (`shaders/dense_gemm.wgsl`'s `HB`; its shift counts halves).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn tiled(
+    b: &Wgpu,
+    g: &Gemm,
+    (va, sa, lda): (View<'_>, u32, usize),
+    (vb, sb, ldb): (View<'_>, u32, usize),
+    (c, c_start): (&wgpu::Buffer, usize),
+    (ib, jb, pk): (usize, usize, usize),
+    beta: f32,
+    half_b: bool,
+) {
+    let n = g.n;
+    let c_span = (ib - 1) * n + jb;
     // Measured on an H100: 128 x 128 tiles for long k, 128 x 64 (8 x 4
     // blocks) when k is short (the prologue and the C writes weigh more),
     // 64 x 64 for narrow products.
@@ -458,21 +493,9 @@ fn gemm_block(
     let split = splits > 1;
     let ta = if g.trans_a { "TA" } else { "NA" };
     let tb = if g.trans_b { "TB" } else { "NB" };
-    let key = format!(
-        "dense/gemm/{}x{}x{}/{}x{}/{ta}{tb}{}",
-        tile.bm,
-        tile.bn,
-        tile.bk,
-        tile.tm,
-        tile.tn,
-        if split { "S" } else { "" }
-    );
+    let key = tiled_key(tile, ta, tb, split, half_b);
     let pipe = b.ctx.pipeline(&key, || {
-        let mut defs = vec![ta, tb];
-        if split {
-            defs.push("SPLIT");
-        }
-        gemm_source(tile, &defs)
+        gemm_source(tile, &tiled_defs(ta, tb, split, half_b))
     });
     let gx = jb.div_ceil(tile.bn) as u32;
     let gy = ib.div_ceil(tile.bm) as u32;
@@ -501,7 +524,7 @@ fn gemm_block(
             Some(&part),
             splits,
             0,
-            &c.buf,
+            c,
             c_start,
             ib,
             jb,
@@ -510,7 +533,7 @@ fn gemm_block(
             beta,
         );
     } else {
-        let (vc, sc) = b.ctx.view(&c.buf, c_start, c_span);
+        let (vc, sc) = b.ctx.view(c, c_start, c_span);
         let words = GemmParams {
             m: ib as u32,
             n: jb as u32,
@@ -530,8 +553,34 @@ fn gemm_block(
     }
 }
 
+/// The cache key of a tiled kernel (`H`: f16 B).
+fn tiled_key(tile: Tile, ta: &str, tb: &str, split: bool, half_b: bool) -> String {
+    format!(
+        "dense/gemm/{}x{}x{}/{}x{}/{ta}{tb}{}{}",
+        tile.bm,
+        tile.bn,
+        tile.bk,
+        tile.tm,
+        tile.tn,
+        if split { "S" } else { "" },
+        if half_b { "H" } else { "" }
+    )
+}
+
+/// The defines of a tiled kernel.
+fn tiled_defs<'a>(ta: &'a str, tb: &'a str, split: bool, half_b: bool) -> Vec<&'a str> {
+    let mut defs = vec![ta, tb];
+    if split {
+        defs.push("SPLIT");
+    }
+    if half_b {
+        defs.push("HB");
+    }
+    defs
+}
+
 /// Every kernel this module can build (see `crate::variants`): the three
-/// tiles with each transpose combination, whole or split-K; the matvec for
+/// tiles with each transpose combination, whole or split-K, B in f32 or f16; the matvec for
 /// 1..=8 rows with A as stored or transposed (or read as vec4), C written
 /// as is or transposed; the split-K sum.
 #[cfg(test)]
@@ -543,20 +592,11 @@ pub(crate) fn variants() -> Vec<crate::variants::Variant> {
         for ta in ["NA", "TA"] {
             for tb in ["NB", "TB"] {
                 for split in [false, true] {
-                    let key = format!(
-                        "dense/gemm/{}x{}x{}/{}x{}/{ta}{tb}{}",
-                        tile.bm,
-                        tile.bn,
-                        tile.bk,
-                        tile.tm,
-                        tile.tn,
-                        if split { "S" } else { "" }
-                    );
-                    let mut defs = vec![ta, tb];
-                    if split {
-                        defs.push("SPLIT");
+                    for half_b in [false, true] {
+                        let key = tiled_key(tile, ta, tb, split, half_b);
+                        let src = gemm_source(tile, &tiled_defs(ta, tb, split, half_b));
+                        v.push(Variant::new(&key, src, p));
                     }
-                    v.push(Variant::new(&key, gemm_source(tile, &defs), p));
                 }
             }
         }

@@ -14,6 +14,7 @@ pub(crate) mod elementwise;
 pub(crate) mod embedding;
 pub(crate) mod fused;
 pub(crate) mod gemm;
+pub(crate) mod half;
 pub(crate) mod loss;
 pub(crate) mod norm;
 pub(crate) mod reduce;

@@ -11,7 +11,21 @@
 //#include gemm_params
 
 @group(0) @binding(1) var<storage, read> a: array<f32>;
+#ifndef HB
 @group(0) @binding(2) var<storage, read> b: array<f32>;
+#endif
+#ifdef HB
+// HB: B holds f16 values packed two per u32 (low half first), widened to f32
+// as the slice is loaded; its shift and leading dimension count halves (the
+// loads read B through the slots B_AT / B_END: `b_at(..)` here, `b[..]`
+// without HB).
+@group(0) @binding(2) var<storage, read> b: array<u32>;
+
+fn b_at(h: u32) -> f32 {
+    let v = unpack2x16float(b[h >> 1u]);
+    return select(v.x, v.y, (h & 1u) == 1u);
+}
+#endif
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
 const BM: u32 = {{BM}}u;
@@ -66,14 +80,14 @@ fn load_b(e: u32, j0: u32, p0: u32, kend: u32) -> f32 {
     let kk = e % BK;
     let j = e / BK;
     if (j0 + j < p.n && p0 + kk < kend) {
-        return b[p.sb + (j0 + j) * p.ldb + p0 + kk];
+        return {{B_AT}}p.sb + (j0 + j) * p.ldb + p0 + kk{{B_END}};
     }
 #endif
 #ifndef TB
     let j = e % BN;
     let kk = e / BN;
     if (j0 + j < p.n && p0 + kk < kend) {
-        return b[p.sb + (p0 + kk) * p.ldb + j0 + j];
+        return {{B_AT}}p.sb + (p0 + kk) * p.ldb + j0 + j{{B_END}};
     }
 #endif
     return 0.0;
