@@ -40,7 +40,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// `(max |a - b|, max |a|, rows whose argmax agree)` over rows of `vocab`.
 fn diff(a: &[f32], b: &[f32], vocab: usize) -> (f32, f32, usize) {
-    let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let d = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     let m = a.iter().map(|x| x.abs()).fold(0f32, f32::max);
     let same = a
         .chunks(vocab)
