@@ -243,6 +243,10 @@ pub struct WgpuOptions {
     pub max_binding: Option<u64>,
     /// Do not use f16 arithmetic even when the adapter offers SHADER_F16.
     pub no_f16: bool,
+    /// Workgroups a fused block dispatch launches at most (each then takes
+    /// several batches of features); default 264 or `TERN_WGPU_FUSED_WGS`.
+    /// Tests set a small number to drive the batched path.
+    pub fused_workgroups: Option<usize>,
 }
 
 /// A summary of the chosen adapter for `tern info`.
@@ -315,6 +319,8 @@ pub(crate) struct Ctx {
     stats: Mutex<Stats>,
     /// Dispatches per submission (see [`SUBMIT_EVERY`]).
     submit_every: u64,
+    /// [`WgpuOptions::fused_workgroups`] or `TERN_WGPU_FUSED_WGS`.
+    pub fused_wgs: Option<usize>,
     mode: StatsMode,
     /// Timestamp queries (`TERN_WGPU_STATS=timestamps` on an adapter that
     /// offers them).
@@ -607,6 +613,12 @@ impl Ctx {
             mem: Arc::new(Mutex::new((0, 0))),
             pool: Arc::new(Mutex::new(Pool::default())),
             stats: Mutex::new(Stats::default()),
+            fused_wgs: opts.fused_workgroups.filter(|&n| n > 0).or_else(|| {
+                std::env::var("TERN_WGPU_FUSED_WGS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| n > 0)
+            }),
             submit_every: std::env::var("TERN_WGPU_SUBMIT_EVERY")
                 .ok()
                 .and_then(|v| v.parse().ok())

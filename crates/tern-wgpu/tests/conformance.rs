@@ -34,3 +34,16 @@ mod without_f16 {
         None => return,
     });
 }
+
+/// The fused block ops with at most 3 workgroups per dispatch, so that each
+/// workgroup runs several batches of features (the path large models take).
+#[test]
+fn fused_block_ops_in_batches() {
+    let Some(b) = backend(tern_wgpu::WgpuOptions {
+        fused_workgroups: Some(3),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    tern_backend::conformance::fused_block_ops_match_composition(&b);
+}

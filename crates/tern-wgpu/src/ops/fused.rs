@@ -41,8 +41,8 @@ pub(crate) struct FusedParams {
     pub nk: u32,
     pub sx: u32,
     pub sn: u32,
-    pub sr: u32,
-    pub sp: u32,
+    pub nb: u32,
+    pub vs: u32,
     pub half: u32,
     pub hd: u32,
     pub eps: f32,
@@ -104,6 +104,14 @@ fn plan(b: &Wgpu, kind: Kind, rows: usize, cols: usize, ws: &[&WTernary], outs: 
         && ws.iter().all(|w| w.cols == cols && w.rows * w.wpr <= win)
         && outs.iter().all(|&n| n <= win)
         && kind.storage() <= b.ctx.limits.max_storage_buffers_per_shader_stage
+        && workgroup_bytes(rows) <= b.ctx.limits.max_compute_workgroup_storage_size
+}
+
+/// Workgroup memory of the kernel for `rows` rows (the packed activations,
+/// the lanes' partial sums, the norm's tree and the small arrays), rounded up.
+fn workgroup_bytes(rows: usize) -> u32 {
+    let nr = rows.next_power_of_two();
+    (16 * MV_FUSED_VEC4 + 4 * 256 * nr + 4 * 256 + 512) as u32
 }
 
 /// Parameters and views shared by every variant: the input rows, the norm
@@ -131,8 +139,8 @@ fn common<'a>(
         nk: (cols.div_ceil(64) * 4) as u32,
         sx,
         sn,
-        sr: 0,
-        sp: 0,
+        nb: 1,
+        vs: 0,
         half: 0,
         hd: 0,
         eps: norm.eps,
@@ -150,11 +158,22 @@ fn common<'a>(
     (p, views)
 }
 
-fn run(b: &Wgpu, kind: Kind, rows: usize, p: &FusedParams, views: &[View<'_>], groups: usize) {
+/// Workgroups a fused dispatch launches at most; each takes
+/// `batches / FUSED_WGS` batches of 8 features, so that the per-workgroup
+/// prologue (norm and quantizer) is paid once per workgroup, not once per 8
+/// features (about two workgroups per multiprocessor of a large GPU). A
+/// tuning knob: [`crate::WgpuOptions::fused_workgroups`] or
+/// `TERN_WGPU_FUSED_WGS` overrides it.
+const FUSED_WGS: usize = 264;
+
+fn run(b: &Wgpu, kind: Kind, rows: usize, p: &mut FusedParams, views: &[View<'_>], batches: usize) {
     let nr = rows.next_power_of_two();
     let key = format!("ternary/fused/{}/{nr}", kind.name());
     let pipe = b.ctx.pipeline(&key, || source(kind, nr));
-    b.ctx.dispatch(&pipe, p, views, b.ctx.grid(groups as u32));
+    let wgs = batches.min(b.ctx.fused_wgs.unwrap_or(FUSED_WGS));
+    p.nb = batches.div_ceil(wgs) as u32;
+    p.vs = wgs as u32;
+    b.ctx.dispatch(&pipe, &*p, views, b.ctx.grid(wgs as u32));
 }
 
 fn check_norm(norm: &NormIn<'_, Wgpu>) -> usize {
@@ -210,14 +229,14 @@ pub(crate) fn attn_in(b: &Wgpu, a: AttnIn<'_, Wgpu>) {
     let (vv, sv) = b.ctx.view(&a.v_cache.buf, at, rows * kvd);
     views.extend([vp, vq, vk, vv]);
     p.fr = rope_factors(r.theta, hd);
-    p.sp = sp;
+    p.sc[3] = sp;
     p.sy = [sq, sk, sv, 0];
     p.ys = [qd as u32, kvd as u32, kvd as u32, 0];
     let (gq, gkv) = (qd / 8, kvd / 8);
     p.wg = [0, gq as u32, (gq + gkv) as u32, 0];
     p.half = half as u32;
     p.hd = hd as u32;
-    run(b, Kind::Qkv, rows, &p, &views, gq + 2 * gkv);
+    run(b, Kind::Qkv, rows, &mut p, &views, gq + 2 * gkv);
 }
 
 pub(crate) fn norm_ternary_residual(
@@ -239,10 +258,10 @@ pub(crate) fn norm_ternary_residual(
     let (vr, sr) = b.ctx.view(&residual.buf, 0, n);
     let (vy, sy) = b.ctx.view(&out.buf, 0, n);
     views.extend([vr, vy]);
-    p.sr = sr;
+    p.sy[3] = sr;
     p.sy[0] = sy;
     p.ys[0] = w.rows as u32;
-    run(b, Kind::Resid, rows, &p, &views, w.rows.div_ceil(8));
+    run(b, Kind::Resid, rows, &mut p, &views, w.rows.div_ceil(8));
 }
 
 pub(crate) fn ffn_in(b: &Wgpu, a: FfnIn<'_, Wgpu>) {
@@ -262,7 +281,7 @@ pub(crate) fn ffn_in(b: &Wgpu, a: FfnIn<'_, Wgpu>) {
     views.push(vy);
     p.sy[0] = sy;
     p.ys[0] = f as u32;
-    run(b, kind, rows, &p, &views, f.div_ceil(4));
+    run(b, kind, rows, &mut p, &views, f.div_ceil(4));
 }
 
 #[cfg(test)]

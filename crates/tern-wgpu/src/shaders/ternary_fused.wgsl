@@ -34,14 +34,17 @@ struct P {
     nk: u32,
     sx: u32,
     sn: u32,
-    sr: u32,
-    sp: u32,
+    // feature batches per workgroup, and the workgroups of the dispatch:
+    // workgroup id takes batches id, id + vs, id + 2 vs, ...
+    nb: u32,
+    vs: u32,
     half: u32,
     hd: u32,
     eps: f32,
     // 1e-5 as f32 bits
     qeps: u32,
 }
+// sy.w: the residual's view shift (RESID); sc.w: the positions' (QKV).
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> nw: array<f32>;
@@ -71,20 +74,21 @@ const NR: u32 = {{NR}}u;
 const LANES: u32 = 32u;
 const M2: u32 = 0x03030303u;
 const XSV: u32 = {{XSV}}u;
-// The packed activations (reused for the reduction), per-row max bits, Σ q,
+// The packed activations, the lanes' partial sums, per-row max bits, Σ q,
 // inverse RMS, and the 8 features' values per row.
 var<workgroup> xs: array<vec4<u32>, XSV>;
+var<workgroup> part: array<i32, {{RED}}>;
 var<workgroup> amax: array<atomic<u32>, 8>;
 var<workgroup> qsum: array<atomic<i32>, 8>;
 var<workgroup> rstd: array<f32, 8>;
 var<workgroup> vals: array<f32, 64>;
 
 fn rd(i: u32) -> i32 {
-    return bitcast<i32>(xs[i >> 2u][i & 3u]);
+    return part[i];
 }
 
 fn wr(i: u32, v: i32) {
-    xs[i >> 2u][i & 3u] = bitcast<u32>(v);
+    part[i] = v;
 }
 
 // Packed vec4 j (0..4) of weight vec4 k of row r.
@@ -184,10 +188,6 @@ fn main(
     let g = t / LANES;
     let lane = t % LANES;
     let id = wg.y * nwg.x + wg.x;
-    let f = feature(id, g);
-    let sg = f.x;
-    let o = f.y;
-    let live = o < p.ns[sg];
     if (t < 8u) {
         atomicStore(&amax[t], 0u);
         atomicStore(&qsum[t], 0);
@@ -195,8 +195,20 @@ fn main(
     // RMSNorm: the inverse RMS of each row
     for (var r = 0u; r < p.nr; r++) {
         let xb = p.sx + r * p.cols;
+        // four loads in flight, summed in the order of the plain loop
         var acc = 0.0;
-        for (var i = t; i < p.cols; i += 256u) {
+        var i = t;
+        for (; i + 768u < p.cols; i += 1024u) {
+            let v0 = x[xb + i];
+            let v1 = x[xb + i + 256u];
+            let v2 = x[xb + i + 512u];
+            let v3 = x[xb + i + 768u];
+            acc += v0 * v0;
+            acc += v1 * v1;
+            acc += v2 * v2;
+            acc += v3 * v3;
+        }
+        for (; i < p.cols; i += 256u) {
             let v = x[xb + i];
             acc += v * v;
         }
@@ -209,7 +221,16 @@ fn main(
     // Row max |n| as bits (NaN's bits exceed infinity's: NaN is kept)
     for (var r = 0u; r < p.nr; r++) {
         var m = 0u;
-        for (var c = t; c < p.cols; c += 256u) {
+        var c = t;
+        for (; c + 768u < p.cols; c += 1024u) {
+            let n0 = normed(r, c);
+            let n1 = normed(r, c + 256u);
+            let n2 = normed(r, c + 512u);
+            let n3 = normed(r, c + 768u);
+            m = max(m, max(max(bitcast<u32>(n0) & 0x7fffffffu, bitcast<u32>(n1) & 0x7fffffffu),
+                max(bitcast<u32>(n2) & 0x7fffffffu, bitcast<u32>(n3) & 0x7fffffffu)));
+        }
+        for (; c < p.cols; c += 256u) {
             m = max(m, bitcast<u32>(normed(r, c)) & 0x7fffffffu);
         }
         atomicMax(&amax[r], m);
@@ -239,72 +260,75 @@ fn main(
         atomicAdd(&qsum[r], sum);
     }
     workgroupBarrier();
+    for (var b = 0u; b < p.nb; b++) {
+        let vid = id + b * p.vs;
+        let f = feature(vid, g);
+        let sg = f.x;
+        let o = f.y;
+        let live = o < p.ns[sg];
 {{DECL}}    if (live) {
-        let wb = o * p.wpr4;
-        let nk4 = p.nk / 4u;
-        var k = lane;
-        for (; k + LANES < nk4; k += 2u * LANES) {
-            let w0 = wload(sg, wb + k);
-            let w1 = wload(sg, wb + k + LANES);
+            let wb = o * p.wpr4;
+            let nk4 = p.nk / 4u;
+            var k = lane;
+            for (; k + LANES < nk4; k += 2u * LANES) {
+                let w0 = wload(sg, wb + k);
+                let w1 = wload(sg, wb + k + LANES);
 {{STEP2}}        }
-        if (k < nk4) {
-            let w0 = wload(sg, wb + k);
+            if (k < nk4) {
+                let w0 = wload(sg, wb + k);
 {{STEP1}}        }
-    }
-    // xs is reused for the reduction
-    workgroupBarrier();
+        }
 {{PUT}}    workgroupBarrier();
-    for (var s = LANES / 2u; s > 0u; s = s >> 1u) {
-        if (lane < s) {
+        for (var s = LANES / 2u; s > 0u; s = s >> 1u) {
+            if (lane < s) {
 {{REDUCE}}        }
+            workgroupBarrier();
+        }
+        if (live && lane < p.nr) {
+            let r = lane;
+            let total = rd(r * 256u + g * LANES);
+            let a = fdiv(127.0, bitcast<f32>(max(atomicLoad(&amax[r]), p.qeps)));
+            let sx = atomicLoad(&qsum[r]);
+            vals[r * 8u + g] = fdiv(exact_i2f(total - sx) * wscale(sg), a);
+        }
         workgroupBarrier();
-    }
-    if (live && lane < p.nr) {
-        let r = lane;
-        let total = rd(r * 256u + g * LANES);
-        let a = fdiv(127.0, bitcast<f32>(max(atomicLoad(&amax[r]), p.qeps)));
-        let sx = atomicLoad(&qsum[r]);
-        vals[r * 8u + g] = fdiv(exact_i2f(total - sx) * wscale(sg), a);
-    }
-    workgroupBarrier();
-    // epilogue: thread t takes row t / 8 of feature group t % 8
-    let r = t / 8u;
-    let ge = t % 8u;
-    if (r >= p.nr) {
-        return;
-    }
-    let fe = feature(id, ge);
-    if (fe.y >= p.ns[fe.x]) {
-        return;
-    }
-    let val = vals[t];
+        // epilogue: thread t takes row t / 8 of feature group t % 8
+        let r = t / 8u;
+        let ge = t % 8u;
+        let fe = feature(vid, ge);
+        if (r < p.nr && fe.y < p.ns[fe.x]) {
+        let val = vals[t];
 #ifdef RESID
-    let yi = r * p.ys.x + fe.y;
-    y0[p.sy.x + yi] = val + res[p.sr + yi];
+        let yi = r * p.ys.x + fe.y;
+        y0[p.sy.x + yi] = val + res[p.sy.w + yi];
 #endif
 #ifdef GATE
-    if (ge < 4u) {
-        y0[p.sy.x + r * p.ys.x + fe.y] = act(val) * vals[t + 4u];
-    }
+        if (ge < 4u) {
+            y0[p.sy.x + r * p.ys.x + fe.y] = act(val) * vals[t + 4u];
+        }
 #endif
 #ifdef QKV
-    if (fe.x == 2u) {
-        y2[p.sy.z + r * p.ys.z + fe.y] = val;
-    } else if (ge < 4u) {
-        let cs = rope_cs(fe.y % p.hd, pos[p.sp + r]);
-        let c = cs.x;
-        let s = cs.y;
-        let x1 = val;
-        let x2 = vals[t + 4u];
-        let o1 = x1 * c - x2 * s;
-        let o2 = x2 * c + x1 * s;
-        if (fe.x == 0u) {
-            y0[p.sy.x + r * p.ys.x + fe.y] = o1;
-            y0[p.sy.x + r * p.ys.x + fe.y + p.half] = o2;
-        } else {
-            y1[p.sy.y + r * p.ys.y + fe.y] = o1;
-            y1[p.sy.y + r * p.ys.y + fe.y + p.half] = o2;
+        if (fe.x == 2u) {
+            y2[p.sy.z + r * p.ys.z + fe.y] = val;
+        } else if (ge < 4u) {
+            let cs = rope_cs(fe.y % p.hd, pos[p.sc.w + r]);
+            let c = cs.x;
+            let s = cs.y;
+            let x1 = val;
+            let x2 = vals[t + 4u];
+            let o1 = x1 * c - x2 * s;
+            let o2 = x2 * c + x1 * s;
+            if (fe.x == 0u) {
+                y0[p.sy.x + r * p.ys.x + fe.y] = o1;
+                y0[p.sy.x + r * p.ys.x + fe.y + p.half] = o2;
+            } else {
+                y1[p.sy.y + r * p.ys.y + fe.y] = o1;
+                y1[p.sy.y + r * p.ys.y + fe.y + p.half] = o2;
+            }
         }
-    }
 #endif
+        }
+        // vals and part are reused by the next batch
+        workgroupBarrier();
+    }
 }
