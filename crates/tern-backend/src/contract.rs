@@ -339,6 +339,29 @@ fn invalid_ternary(backend: &str, w: &dyn TernarySource, reason: String) -> Back
     }
 }
 
+/// The checks of [`Backend::argmax`](crate::Backend::argmax): `x` is
+/// `[rows, cols]` with `cols > 0`, `out` holds `rows` ids, and the history
+/// `rows` ids from `at`.
+#[track_caller]
+pub fn argmax(
+    backend: &str,
+    x: usize,
+    rows: usize,
+    cols: usize,
+    out: usize,
+    hist: Option<(usize, usize)>,
+) {
+    len(backend, "argmax", "x", x, rows * cols);
+    assert!(cols > 0, "{backend} argmax: rows of 0 columns");
+    len(backend, "argmax", "out", out, rows);
+    if let Some((h, at)) = hist {
+        assert!(
+            at + rows <= h,
+            "{backend} argmax: {rows} ids at {at} overrun the history of {h}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,28 +431,5 @@ mod tests {
     fn the_backward_product_reads_dy_and_writes_dx() {
         // [out 4, cols 3], 2 rows: dy is 8 long, dx 6
         ternary("test", "ternary_matmul_backward", (4, 3), (8, 5), 2);
-    }
-}
-
-/// The checks of [`Backend::argmax`](crate::Backend::argmax): `x` is
-/// `[rows, cols]` with `cols > 0`, `out` holds `rows` ids, and the history
-/// `rows` ids from `at`.
-#[track_caller]
-pub fn argmax(
-    backend: &str,
-    x: usize,
-    rows: usize,
-    cols: usize,
-    out: usize,
-    hist: Option<(usize, usize)>,
-) {
-    len(backend, "argmax", "x", x, rows * cols);
-    assert!(cols > 0, "{backend} argmax: rows of 0 columns");
-    len(backend, "argmax", "out", out, rows);
-    if let Some((h, at)) = hist {
-        assert!(
-            at + rows <= h,
-            "{backend} argmax: {rows} ids at {at} overrun the history of {h}"
-        );
     }
 }
