@@ -174,6 +174,15 @@ fn act(gv: f32) -> f32 {
 }
 #endif
 
+// The int8 code of a scaled value: round half to even, clamp; NaN (a NaN
+// row, or inf * 0) gives 0, as `NaN as i8`.
+fn quant(v: f32) -> i32 {
+    if ((bitcast<u32>(v) & 0x7fffffffu) <= 0x7f800000u) {
+        return i32(clamp(round(v), -128.0, 127.0));
+    }
+    return 0;
+}
+
 // Row r's normalized value at column c (dense/rms: (x r) w).
 fn normed(r: u32, c: u32) -> f32 {
     return (x[p.sx + r * p.cols + c] * rstd[r]) * nw[p.sn + c];
@@ -242,16 +251,21 @@ fn main(
         var sum = 0i;
         for (var wi = t; wi < 4u * p.nk; wi += 256u) {
             var word = 0u;
-            for (var i = 0u; i < 4u; i++) {
-                let c = 4u * wi + i;
-                if (c < p.cols) {
-                    let v = normed(r, c) * a;
-                    var q = 0i;
-                    if ((bitcast<u32>(v) & 0x7fffffffu) <= 0x7f800000u) {
-                        q = i32(clamp(round(v), -128.0, 127.0));
+            let c = 4u * wi;
+            if (c + 3u < p.cols) {
+                // a whole word: the four values loaded before any is used
+                let v = vec4<f32>(normed(r, c), normed(r, c + 1u), normed(r, c + 2u),
+                    normed(r, c + 3u)) * a;
+                let q = vec4<i32>(quant(v.x), quant(v.y), quant(v.z), quant(v.w));
+                sum += q.x + q.y + q.z + q.w;
+                word = bitcast<u32>(pack4xI8(q));
+            } else {
+                for (var i = 0u; i < 4u; i++) {
+                    if (c + i < p.cols) {
+                        let q = quant(normed(r, c + i) * a);
+                        sum += q;
+                        word |= (bitcast<u32>(q) & 0xffu) << (8u * i);
                     }
-                    sum += q;
-                    word |= (bitcast<u32>(q) & 0xffu) << (8u * i);
                 }
             }
             let v = wi / 4u;
