@@ -59,6 +59,12 @@
 //!   GPU with timestamp queries (where the adapter offers
 //!   `TIMESTAMP_QUERY_INSIDE_PASSES`; else counters only, with a note).
 //! - `TERN_WGPU_ADAPTER`: the adapter [`test_device`] uses (a name substring).
+//! - Tuning knobs (positive integers; anything else keeps the default):
+//!   `TERN_WGPU_SUBMIT_EVERY` (dispatches recorded before a submission that
+//!   does not wait, default 32: the device starts while the host records
+//!   the rest of a step) and `TERN_WGPU_FUSED_WGS` (workgroups a fused
+//!   block dispatch launches at most, default 264; also
+//!   [`WgpuOptions::fused_workgroups`]).
 
 mod ctx;
 mod ops;
