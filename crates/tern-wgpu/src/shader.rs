@@ -29,6 +29,7 @@ pub(crate) const MODULES: &[(&str, &str)] = &[
     ("gemm_params", include_str!("shaders/gemm_params.wgsl")),
     ("rope_phase", include_str!("shaders/rope_phase.wgsl")),
     ("tree_sum", include_str!("shaders/tree_sum.wgsl")),
+    ("ternary_dot", include_str!("shaders/ternary_dot.wgsl")),
     ("softmax_row", include_str!("shaders/softmax_row.wgsl")),
     (
         "ternary_product_params",

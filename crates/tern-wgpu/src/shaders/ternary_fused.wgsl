@@ -1,4 +1,5 @@
 //#include exact
+//#include ternary_dot
 //#include rope_phase
 //#include tree_sum
 // The fused inference step of a block (tern_backend::fused): RMSNorm, the
@@ -72,7 +73,6 @@ struct P {
 
 const NR: u32 = {{NR}}u;
 const LANES: u32 = 32u;
-const M2: u32 = 0x03030303u;
 const XSV: u32 = {{XSV}}u;
 // The packed activations, the lanes' partial sums, per-row max bits, Σ q,
 // inverse RMS, and the 8 features' values per row.
@@ -96,16 +96,6 @@ fn xv(r: u32, k: u32, j: u32) -> vec4<u32> {
     return xs[r * p.nk + j * (p.nk / 4u) + k];
 }
 
-fn dot16(wd: u32, xw: vec4<u32>) -> i32 {
-    return dot4I8Packed(wd & M2, xw.x) + dot4I8Packed((wd >> 2u) & M2, xw.y)
-        + dot4I8Packed((wd >> 4u) & M2, xw.z) + dot4I8Packed((wd >> 6u) & M2, xw.w);
-}
-
-// Σ u·x over weight vec4 k (4 words, 64 columns) of row r.
-fn dot64(wv: vec4<u32>, r: u32, k: u32) -> i32 {
-    return dot16(wv.x, xv(r, k, 0u)) + dot16(wv.y, xv(r, k, 1u)) + dot16(wv.z, xv(r, k, 2u))
-        + dot16(wv.w, xv(r, k, 3u));
-}
 
 // Weight vec4 i (relative to its row block) of segment sg, and its scale.
 fn wload(sg: u32, i: u32) -> vec4<u32> {

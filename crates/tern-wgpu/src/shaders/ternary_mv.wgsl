@@ -1,4 +1,5 @@
 //#include exact
+//#include ternary_dot
 // W1.58A8 product for a few activation rows (decode): memory bound on the
 // packed weights. A workgroup owns 8 output features; 32 threads per feature
 // stride over its packed row (consecutive threads read consecutive 16-byte
@@ -44,7 +45,6 @@
 
 const NR: u32 = {{NR}}u;
 const LANES: u32 = 32u;
-const M2: u32 = 0x03030303u;
 
 #ifdef FUSED
 // 16 KiB in all: the packed activations (reused for the reduction) and the
@@ -83,16 +83,6 @@ fn xv(r: u32, k: u32, j: u32) -> vec4<u32> {
 }
 #endif
 
-fn dot16(wd: u32, xw: vec4<u32>) -> i32 {
-    return dot4I8Packed(wd & M2, xw.x) + dot4I8Packed((wd >> 2u) & M2, xw.y)
-        + dot4I8Packed((wd >> 4u) & M2, xw.z) + dot4I8Packed((wd >> 6u) & M2, xw.w);
-}
-
-// Σ u·x over weight vec4 k (4 words, 64 columns) of row r.
-fn dot64(wv: vec4<u32>, r: u32, k: u32) -> i32 {
-    return dot16(wv.x, xv(r, k, 0u)) + dot16(wv.y, xv(r, k, 1u)) + dot16(wv.z, xv(r, k, 2u))
-        + dot16(wv.w, xv(r, k, 3u));
-}
 
 @compute @workgroup_size(256)
 fn main(
