@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Tokens per LoRA training step.
     #[arg(long, default_value_t = 128)]
     pub ctx: usize,
+    /// Sequences of --ctx tokens per LoRA step (`tern finetune --batch-size`;
+    /// 1, QVAC Fabric's setting, is the reported baseline).
+    #[arg(long, default_value_t = 1)]
+    pub lora_batch: usize,
     /// LoRA rank of the timed training steps (alpha is twice the rank).
     #[arg(long, default_value_t = 8)]
     pub lora_rank: usize,
@@ -146,7 +150,7 @@ fn bench_on<B: Backend>(a: &BenchArgs, backend: B) -> Result<BenchResult> {
         head: model.head_precision().name().into(),
         load_s: t.elapsed().as_secs_f64(),
         weights_mib: model.backend.device_memory().map(|m| mib(m.0)),
-        lora_tokens_per_step: a.ctx,
+        lora_tokens_per_step: a.lora_batch.max(1) * a.ctx,
         lora_rank: a.lora_rank,
         prefill_tokens: a.prefill,
         decode_tokens: a.decode,
@@ -171,11 +175,16 @@ fn bench_on<B: Backend>(a: &BenchArgs, backend: B) -> Result<BenchResult> {
             7,
         )?;
         let mut trainer = Trainer::new(&model, &ad, ActQuant::PerTokenInt8)?;
-        let seq = tokens(a.ctx + 1, cfg.vocab_size, 11);
-        let (x, y) = (&seq[..a.ctx], &seq[1..]);
-        let scale = 1.0 / a.ctx as f32;
+        let nb = a.lora_batch.max(1);
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for b in 0..nb {
+            let seq = tokens(a.ctx + 1, cfg.vocab_size, 11 + b as u64);
+            x.extend_from_slice(&seq[..a.ctx]);
+            y.extend_from_slice(&seq[1..]);
+        }
+        let scale = 1.0 / (nb * a.ctx) as f32;
         let step = |tr: &mut Trainer<'_, B>| -> Result<f32> {
-            let st = tr.forward_backward(x, y, 1, a.ctx, Some(scale))?;
+            let st = tr.forward_backward(&x, &y, nb, a.ctx, Some(scale))?;
             tr.optimizer_step(1e-4, 0.9, 0.999, 1e-8, 0.0);
             Ok(st.mean() as f32)
         };
@@ -196,12 +205,12 @@ fn bench_on<B: Backend>(a: &BenchArgs, backend: B) -> Result<BenchResult> {
         model.backend.synchronize()?;
         let s = t.elapsed().as_secs_f64();
         pb.finish_and_clear();
-        r.lora_tok_s = Some((a.lora_steps * a.ctx) as f64 / s);
+        r.lora_tok_s = Some((a.lora_steps * nb * a.ctx) as f64 / s);
         r.lora_peak_device_mib = model.backend.device_memory().map(|m| mib(m.1));
         eprintln!(
             "lora: {} steps x {} tokens in {:.2} s: {:.1} tok/s (rank {}, all projections)",
             a.lora_steps,
-            a.ctx,
+            nb * a.ctx,
             s,
             r.lora_tok_s.unwrap_or(0.0),
             a.lora_rank
