@@ -266,6 +266,11 @@ fn generate_on<B: Backend>(a: &GenerateArgs, backend: B) -> Result<()> {
     let logits = model.forward(&prompt, false)?;
     let prefill_s = t0.elapsed().as_secs_f64();
     let mut next = sampler.sample(&logits, &history);
+    // Greedy without a penalty needs no logits on the host: the choice is
+    // made on the device, a chunk of tokens per round trip.
+    let on_device = a.temperature <= 0.0 && (a.repeat_penalty == 1.0 || a.repeat_penalty <= 0.0);
+    let stop: Vec<u32> = eos.filter(|_| !a.ignore_eos).into_iter().collect();
+    let mut ahead = std::collections::VecDeque::new();
     let t1 = Instant::now();
     let mut generated = 0usize;
     loop {
@@ -279,8 +284,19 @@ fn generate_on<B: Backend>(a: &GenerateArgs, backend: B) -> Result<()> {
         if generated >= n_predict || (!a.ignore_eos && Some(next) == eos) {
             break;
         }
-        let logits = model.forward(&[next], false)?;
-        next = sampler.sample(&logits, &history);
+        next = match ahead.pop_front() {
+            Some(t) => t,
+            None if on_device => {
+                const CHUNK: usize = 16;
+                let want = (n_predict - generated).min(CHUNK);
+                ahead.extend(model.decode_greedy(next, want, &stop)?);
+                ahead.pop_front().expect("at least one token")
+            }
+            None => {
+                let logits = model.forward(&[next], false)?;
+                sampler.sample(&logits, &history)
+            }
+        };
     }
     if let Some(s) = &mut stream {
         write!(out, "{}", s.finish()?)?;
