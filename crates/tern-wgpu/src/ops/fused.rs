@@ -91,10 +91,10 @@ fn source(kind: Kind, nr: usize) -> String {
     preprocess(FUSED, kind.defs(), &mv_subs(nr))
 }
 
-/// The fused kernel's shapes for `rows` rows of `cols` columns through
-/// `ws`, or `None` where the composition must run instead. `outs` are the
-/// element counts of the other views the dispatch binds.
-fn plan(b: &Wgpu, kind: Kind, rows: usize, cols: usize, ws: &[&WTernary], outs: &[usize]) -> bool {
+/// Whether the fused kernel takes `rows` rows of `cols` columns through
+/// `ws` (else the composition runs). `outs` are the element counts of the
+/// other views the dispatch binds.
+fn fits(b: &Wgpu, kind: Kind, rows: usize, cols: usize, ws: &[&WTernary], outs: &[usize]) -> bool {
     let win = b.ctx.window_elems();
     // weight words holding columns, in whole 16-byte groups (ternary_matmul)
     let nwv = cols.div_ceil(64) * 4;
@@ -211,7 +211,7 @@ pub(crate) fn attn_in(b: &Wgpu, a: AttnIn<'_, Wgpu>) {
     let fits = hd % 8 == 0
         && rope_supported(r.theta, hd)
         && a.wv.rows == kvd
-        && plan(
+        && fits(
             b,
             Kind::Qkv,
             rows,
@@ -251,7 +251,7 @@ pub(crate) fn norm_ternary_residual(
     check_product(w, norm.normed, out.len, rows);
     contract::len("wgpu", "axpy", "x", residual.len, out.len);
     let n = rows * w.rows;
-    if !plan(b, Kind::Resid, rows, cols, &[w], &[n]) {
+    if !fits(b, Kind::Resid, rows, cols, &[w], &[n]) {
         return fused::norm_ternary_residual_unfused(b, norm, w, residual, out);
     }
     let (mut p, mut views) = common(b, &norm, &[w]);
@@ -273,7 +273,7 @@ pub(crate) fn ffn_in(b: &Wgpu, a: FfnIn<'_, Wgpu>) {
     contract::len("wgpu", "gate", "y", a.out.len, a.g.len);
     let f = a.wg.rows;
     let kind = Kind::Gate(a.act);
-    if !plan(b, kind, rows, cols, &[a.wg, a.wu], &[rows * f]) {
+    if !fits(b, kind, rows, cols, &[a.wg, a.wu], &[rows * f]) {
         return fused::ffn_in_unfused(b, a);
     }
     let (mut p, mut views) = common(b, &a.norm, &[a.wg, a.wu]);
