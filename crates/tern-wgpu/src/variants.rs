@@ -70,10 +70,9 @@ fn all() -> Vec<Variant> {
     let rp = size_of::<ReduceParams>();
     v.push(fixed("dense/reduce_sq", REDUCE_SRC, &["SQUARE"], rp));
     v.push(fixed("dense/reduce", REDUCE_SRC, &["PLAIN"], rp));
-    v.push(fixed(
+    v.push(Variant::new(
         "dense/argmax",
-        ops::reduce::ARGMAX_SRC,
-        &[],
+        ops::reduce::argmax_source(),
         size_of::<ops::reduce::ArgmaxParams>(),
     ));
     v.push(fixed("dense/reduce_DOT3", REDUCE_SRC, &["DOT3"], rp));

@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 use tern_backend::contract;
 
 use super::{ranges, rows_per_window, scratch};
-use crate::ctx::WG;
+use crate::ctx::{Kernel, View, WG};
 use crate::shader::preprocess;
 use crate::{WBuf, WIds, Wgpu};
 
@@ -34,18 +34,36 @@ pub(crate) fn embedding(b: &Wgpu, table: &WBuf, ids: &WIds, y: &mut WBuf, dim: u
     if rows == 0 || vocab == 0 {
         return;
     }
-    let wn = b.ctx.window_elems();
-    let cb = dim.min(wn);
-    let rpw = rows_per_window(wn, dim, cb);
     let pipe = b.ctx.pipeline("dense/embed_gather", || {
         preprocess(EMBED_SRC, &["GATHER"], &[])
     });
+    gather(b, &pipe, ids, y, (vocab, dim), |start, n| {
+        b.ctx.view(&table.buf, start, n)
+    });
+}
+
+/// The gather loop of `y[r] = table[ids[r]]` (`[vocab, dim]`) with `pipe`
+/// (f32 or f16 tables): blocks of rows and columns whose views of y fit a
+/// window, the table in row ranges of the same shape; `table(start, n)` is
+/// the table's view over elements `start..start + n` and its shift.
+pub(crate) fn gather<'t>(
+    b: &Wgpu,
+    pipe: &Kernel,
+    ids: &WIds,
+    y: &WBuf,
+    (vocab, dim): (usize, usize),
+    table: impl Fn(usize, usize) -> (View<'t>, u32),
+) {
+    let rows = ids.len;
+    let wn = b.ctx.window_elems();
+    let cb = dim.min(wn);
+    let rpw = rows_per_window(wn, dim, cb);
     for (c0, cn) in ranges(dim, cb) {
         for (r0, rn) in ranges(rows, rpw) {
             let (vi, si) = b.ctx.view(&ids.buf, r0, rn);
             let (vy, sy) = b.ctx.view(&y.buf, r0 * dim + c0, (rn - 1) * dim + cn);
             for (v0, vn) in ranges(vocab, rpw) {
-                let (vt, st) = b.ctx.view(&table.buf, v0 * dim + c0, (vn - 1) * dim + cn);
+                let (vt, st) = table(v0 * dim + c0, (vn - 1) * dim + cn);
                 let groups = ((rn * cn) as u32).div_ceil(WG);
                 let words = EmbedParams {
                     rows: rn as u32,
@@ -60,7 +78,7 @@ pub(crate) fn embedding(b: &Wgpu, table: &WBuf, ids: &WIds, y: &mut WBuf, dim: u
                     groups,
                 };
                 b.ctx
-                    .dispatch(&pipe, &words, &[vi, vt, vy], b.ctx.grid(groups));
+                    .dispatch(pipe, &words, &[vi, vt, vy], b.ctx.grid(groups));
             }
         }
     }

@@ -281,6 +281,27 @@ fn gemv_source(mr: usize, ta: &str, v4: bool, ct: bool) -> String {
 
 pub(crate) fn matmul(b: &Wgpu, a: &WBuf, bm: &WBuf, c: &mut WBuf, g: Gemm) {
     g.check("wgpu", a.len, bm.len, c.len);
+    let w = b.ctx.window_elems();
+    for_blocks(b, c, &g, w, |blk, beta| {
+        gemm_block(b, a, bm, c, &g, blk, beta)
+    });
+}
+
+/// A block of a product: rows `i` of op(A) / C, columns `j` of op(B) / C
+/// and the k range `p`, each `(start, len)`.
+pub(crate) type Block = ((usize, usize), (usize, usize), (usize, usize));
+
+/// The block loop of `C = alpha op(A) op(B) + beta C` (the f32 and the f16-B
+/// products): nothing for an empty C, C scaled by beta where `k == 0`, else `block` on every block
+/// whose operands fit a window (B's windows hold `b_window` elements), with
+/// `g.beta` on a block's first k range and 1 on the others.
+pub(crate) fn for_blocks(
+    b: &Wgpu,
+    c: &WBuf,
+    g: &Gemm,
+    b_window: usize,
+    mut block: impl FnMut(Block, f32),
+) {
     let (m, n, k) = (g.m, g.n, g.k);
     if m == 0 || n == 0 {
         return;
@@ -297,15 +318,34 @@ pub(crate) fn matmul(b: &Wgpu, a: &WBuf, bm: &WBuf, c: &mut WBuf, g: Gemm) {
         }
         return;
     }
-    let (mb, nb, kb) = gemm_blocks(&g, w, w);
-    for (i0, ib) in ranges(m, mb) {
-        for (j0, jb) in ranges(n, nb) {
-            for (p0, pk) in ranges(k, kb) {
-                let beta = if p0 == 0 { g.beta } else { 1.0 };
-                gemm_block(b, a, bm, c, &g, (i0, ib), (j0, jb), (p0, pk), beta);
+    let (mb, nb, kb) = gemm_blocks(g, w, b_window);
+    for i in ranges(m, mb) {
+        for j in ranges(n, nb) {
+            for p in ranges(k, kb) {
+                block((i, j, p), if p.0 == 0 { g.beta } else { 1.0 });
             }
         }
     }
+}
+
+/// Where `blk` reads op(A) and op(B) — `(leading dimension, first element,
+/// elements spanned)` each — and C's first element (row stride `g.n`).
+pub(crate) fn block_ranges(
+    g: &Gemm,
+    ((i0, ib), (j0, jb), (p0, pk)): Block,
+) -> ((usize, usize, usize), (usize, usize, usize), usize) {
+    let (m, n, k) = (g.m, g.n, g.k);
+    let a = if g.trans_a {
+        (m, p0 * m + i0, (pk - 1) * m + ib)
+    } else {
+        (k, i0 * k + p0, (ib - 1) * k + pk)
+    };
+    let b = if g.trans_b {
+        (k, j0 * k + p0, (jb - 1) * k + pk)
+    } else {
+        (n, p0 * n + j0, (pk - 1) * n + jb)
+    };
+    (a, b, i0 * n + j0)
 }
 
 /// `C = alpha sum_z part[z] + beta C` over a `[mb, nb]` block of C (row
@@ -353,32 +393,11 @@ pub(crate) fn sumk(
     b.ctx.dispatch(&pipe, &words, &[vp, vc], groups);
 }
 
-/// One block of the product: rows `i` of op(A) / C, columns `j` of op(B) / C
-/// and the k range `kr`, each `(start, len)`.
-#[allow(clippy::too_many_arguments)]
-fn gemm_block(
-    b: &Wgpu,
-    a: &WBuf,
-    bm: &WBuf,
-    c: &WBuf,
-    g: &Gemm,
-    (i0, ib): (usize, usize),
-    (j0, jb): (usize, usize),
-    (p0, pk): (usize, usize),
-    beta: f32,
-) {
-    let (m, n, k) = (g.m, g.n, g.k);
-    let (lda, a_start, a_span) = if g.trans_a {
-        (m, p0 * m + i0, (pk - 1) * m + ib)
-    } else {
-        (k, i0 * k + p0, (ib - 1) * k + pk)
-    };
-    let (ldb, b_start, b_span) = if g.trans_b {
-        (k, j0 * k + p0, (jb - 1) * k + pk)
-    } else {
-        (n, p0 * n + j0, (pk - 1) * n + jb)
-    };
-    let c_start = i0 * n + j0;
+/// One block of the product (see [`Block`]).
+fn gemm_block(b: &Wgpu, a: &WBuf, bm: &WBuf, c: &WBuf, g: &Gemm, blk: Block, beta: f32) {
+    let (n, k) = (g.n, g.k);
+    let ((_, ib), (_, jb), (_, pk)) = blk;
+    let ((lda, a_start, a_span), (ldb, b_start, b_span), c_start) = block_ranges(g, blk);
     let c_span = (ib - 1) * n + jb;
     let (va, sa) = b.ctx.view(&a.buf, a_start, a_span);
     let (vb, sb) = b.ctx.view(&bm.buf, b_start, b_span);

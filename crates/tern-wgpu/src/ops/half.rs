@@ -12,10 +12,8 @@
 
 use tern_backend::{BackendError, Gemm};
 
-use super::embedding::EmbedParams;
-use super::gemm::{gemm_blocks, sumk, tiled, GemmParams, GEMV_MAX};
-use super::{ranges, rows_per_window};
-use crate::ctx::{View, WG};
+use super::gemm::{block_ranges, for_blocks, tiled, Block, GemmParams, GEMV_MAX};
+use crate::ctx::View;
 use crate::shader::preprocess;
 use crate::{Owner, WBuf, WIds, Wgpu};
 
@@ -77,92 +75,26 @@ pub(crate) fn embedding_half(b: &Wgpu, table: &WHalf, ids: &WIds, y: &mut WBuf, 
     }
     // Windows of y (f32) bound the blocks; a table block of the same shape
     // spans as many halves, well inside a window of halves.
-    let wn = b.ctx.window_elems();
-    let cb = dim.min(wn);
-    let rpw = rows_per_window(wn, dim, cb);
     let pipe = b
         .ctx
         .pipeline("half/embed", || preprocess(HALF_EMBED_SRC, &[], &[]));
-    for (c0, cn) in ranges(dim, cb) {
-        for (r0, rn) in ranges(rows, rpw) {
-            let (vi, si) = b.ctx.view(&ids.buf, r0, rn);
-            let (vy, sy) = b.ctx.view(&y.buf, r0 * dim + c0, (rn - 1) * dim + cn);
-            for (v0, vn) in ranges(vocab, rpw) {
-                let (vt, st) = hview(b, &table.buf, v0 * dim + c0, (vn - 1) * dim + cn);
-                let groups = ((rn * cn) as u32).div_ceil(WG);
-                let words = EmbedParams {
-                    rows: rn as u32,
-                    cols: cn as u32,
-                    ld: dim as u32,
-                    sy,
-                    st,
-                    si,
-                    v0: v0 as u32,
-                    vw: vn as u32,
-                    sl: 0,
-                    groups,
-                };
-                b.ctx
-                    .dispatch(&pipe, &words, &[vi, vt, vy], b.ctx.grid(groups));
-            }
-        }
-    }
+    super::embedding::gather(b, &pipe, ids, y, (vocab, dim), |start, n| {
+        hview(b, &table.buf, start, n)
+    });
 }
 
 pub(crate) fn matmul_half(b: &Wgpu, a: &WBuf, bh: &WHalf, c: &mut WBuf, g: Gemm) {
     g.check_op("wgpu", "matmul_half", a.len, bh.len, c.len);
-    let (m, n, k) = (g.m, g.n, g.k);
-    if m == 0 || n == 0 {
-        return;
-    }
-    let w = b.ctx.window_elems();
-    if k == 0 {
-        // C = beta C (zeros when beta == 0, without reading C).
-        let rows = rows_per_window(w, n, n.min(w)).min(m);
-        for (i0, ib) in ranges(m, if n <= w { rows } else { 1 }) {
-            for (j0, jb) in ranges(n, n.min(w)) {
-                sumk(b, None, 0, 0, &c.buf, i0 * n + j0, ib, jb, n, 0.0, g.beta);
-            }
-        }
-        return;
-    }
-    let (mb, nb, kb) = gemm_blocks(&g, w, half_window(b));
-    for (i0, ib) in ranges(m, mb) {
-        for (j0, jb) in ranges(n, nb) {
-            for (p0, pk) in ranges(k, kb) {
-                let beta = if p0 == 0 { g.beta } else { 1.0 };
-                block(b, a, bh, c, &g, (i0, ib), (j0, jb), (p0, pk), beta);
-            }
-        }
-    }
+    for_blocks(b, c, &g, half_window(b), |blk, beta| {
+        block(b, a, bh, c, &g, blk, beta)
+    });
 }
 
-/// One block of the product: rows `i` of op(A) / C, columns `j` of op(B) / C
-/// and the k range `kr`, each `(start, len)`.
-#[allow(clippy::too_many_arguments)]
-fn block(
-    b: &Wgpu,
-    a: &WBuf,
-    bh: &WHalf,
-    c: &WBuf,
-    g: &Gemm,
-    (i0, ib): (usize, usize),
-    (j0, jb): (usize, usize),
-    (p0, pk): (usize, usize),
-    beta: f32,
-) {
-    let (m, n, k) = (g.m, g.n, g.k);
-    let (lda, a_start, a_span) = if g.trans_a {
-        (m, p0 * m + i0, (pk - 1) * m + ib)
-    } else {
-        (k, i0 * k + p0, (ib - 1) * k + pk)
-    };
-    let (ldb, b_start, b_span) = if g.trans_b {
-        (k, j0 * k + p0, (jb - 1) * k + pk)
-    } else {
-        (n, p0 * n + j0, (pk - 1) * n + jb)
-    };
-    let c_start = i0 * n + j0;
+/// One block of the product (see [`Block`]), B in f16.
+fn block(b: &Wgpu, a: &WBuf, bh: &WHalf, c: &WBuf, g: &Gemm, blk: Block, beta: f32) {
+    let (n, k) = (g.n, g.k);
+    let ((_, ib), (_, jb), (_, pk)) = blk;
+    let ((lda, a_start, a_span), (ldb, b_start, b_span), c_start) = block_ranges(g, blk);
     let (va, sa) = b.ctx.view(&a.buf, a_start, a_span);
     let (vb, sb) = hview(b, &bh.buf, b_start, b_span);
     if !(ib <= GEMV_MAX && g.trans_b && !g.trans_a) {
@@ -248,7 +180,7 @@ pub(crate) fn variants() -> Vec<crate::variants::Variant> {
     let mut v = vec![Variant::new(
         "half/embed",
         preprocess(HALF_EMBED_SRC, &[], &[]),
-        std::mem::size_of::<EmbedParams>(),
+        std::mem::size_of::<super::embedding::EmbedParams>(),
     )];
     for mr in 1..=GEMV_MAX {
         for v8 in [false, true] {

@@ -137,6 +137,23 @@ pub(super) fn reduce_segment(
 
 pub(crate) const ARGMAX_SRC: &str = include_str!("../shaders/argmax.wgsl");
 
+/// `shaders/argmax.wgsl` with its eight loads in flight written out as
+/// named registers (`x0`..`x7`, then the candidates in column order).
+pub(crate) fn argmax_source() -> String {
+    let mut eight = String::new();
+    for j in 0..8 {
+        eight += &format!("        let x{j} = x[base + c + {}u];\n", 256 * j);
+    }
+    eight += "        let c0 = p.c0 + c;\n";
+    for j in 0..8 {
+        let o = 256 * j;
+        eight += &format!(
+            "        if (better(x{j}, c0 + {o}u, v, i)) {{\n            v = x{j};\n            i = c0 + {o}u;\n        }}\n"
+        );
+    }
+    preprocess(ARGMAX_SRC, &[], &[("EIGHT", eight)])
+}
+
 /// `struct P` of `shaders/argmax.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, Pod, Zeroable)]
@@ -166,9 +183,7 @@ pub(crate) fn argmax(
     let h = hist.as_ref().map(|(h, at)| (h.len, *at));
     contract::argmax("wgpu", x.len, rows, cols, out.len, h);
     let w = b.ctx.window_elems();
-    let pipe = b
-        .ctx
-        .pipeline("dense/argmax", || preprocess(ARGMAX_SRC, &[], &[]));
+    let pipe = b.ctx.pipeline("dense/argmax", argmax_source);
     let cand = scratch(b, "dense/argmax_cand", 2 * rows.min(w / 2).max(1));
     let has_hist = hist.is_some();
     // (first row, rows, first column, columns) of each dispatch

@@ -65,48 +65,7 @@ fn main(
     // order)
     var c = t;
     for (; c + 1792u < p.cols; c += 2048u) {
-        let x0 = x[base + c + 0u];
-        let x1 = x[base + c + 256u];
-        let x2 = x[base + c + 512u];
-        let x3 = x[base + c + 768u];
-        let x4 = x[base + c + 1024u];
-        let x5 = x[base + c + 1280u];
-        let x6 = x[base + c + 1536u];
-        let x7 = x[base + c + 1792u];
-        let c0 = p.c0 + c;
-        if (better(x0, c0 + 0u, v, i)) {
-            v = x0;
-            i = c0 + 0u;
-        }
-        if (better(x1, c0 + 256u, v, i)) {
-            v = x1;
-            i = c0 + 256u;
-        }
-        if (better(x2, c0 + 512u, v, i)) {
-            v = x2;
-            i = c0 + 512u;
-        }
-        if (better(x3, c0 + 768u, v, i)) {
-            v = x3;
-            i = c0 + 768u;
-        }
-        if (better(x4, c0 + 1024u, v, i)) {
-            v = x4;
-            i = c0 + 1024u;
-        }
-        if (better(x5, c0 + 1280u, v, i)) {
-            v = x5;
-            i = c0 + 1280u;
-        }
-        if (better(x6, c0 + 1536u, v, i)) {
-            v = x6;
-            i = c0 + 1536u;
-        }
-        if (better(x7, c0 + 1792u, v, i)) {
-            v = x7;
-            i = c0 + 1792u;
-        }
-    }
+{{EIGHT}}    }
     for (; c < p.cols; c += 256u) {
         let xv = x[base + c];
         if (better(xv, p.c0 + c, v, i)) {
