@@ -243,6 +243,10 @@ pub struct WgpuOptions {
     pub max_binding: Option<u64>,
     /// Do not use f16 arithmetic even when the adapter offers SHADER_F16.
     pub no_f16: bool,
+    /// Do not use subgroup operations even when the adapter offers them
+    /// (the kernels then reduce through workgroup memory only); also
+    /// `TERN_WGPU_NO_SUBGROUPS=1`. Tests use it to cover both paths.
+    pub no_subgroups: bool,
     /// Workgroups a fused block dispatch launches at most (each then takes
     /// several batches of features); default 264 or `TERN_WGPU_FUSED_WGS`.
     /// Tests set a small number to drive the batched path.
@@ -299,6 +303,8 @@ pub(crate) struct Ctx {
     /// Storage buffer offset alignment in bytes.
     pub align: u64,
     pub f16: bool,
+    /// The kernels may use subgroup operations (see [`subgroups_usable`]).
+    pub sg: bool,
     pipelines: Mutex<HashMap<String, Arc<Kernel>>>,
     bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
     pub dropped: Arc<Mutex<Vec<wgpu::Buffer>>>,
@@ -451,7 +457,8 @@ fn open_device(opts: &WgpuOptions, timestamps: bool) -> Result<Opened, WgpuError
     if f16 {
         want |= wgpu::Features::SHADER_F16;
     }
-    if adapter_features.contains(wgpu::Features::SUBGROUP) {
+    let sg = subgroups_usable(adapter_features, &info, opts);
+    if sg {
         want |= wgpu::Features::SUBGROUP;
     }
     if timestamps && adapter_features.contains(TIMESTAMPS) {
@@ -480,6 +487,27 @@ fn open_device(opts: &WgpuOptions, timestamps: bool) -> Result<Opened, WgpuError
         queue,
         f16,
     })
+}
+
+/// Whether the kernels use subgroup operations on this adapter: it offers
+/// them, in power-of-two sizes up to 128 (a 256-thread workgroup is then
+/// made of whole subgroups), and neither [`WgpuOptions::no_subgroups`] nor
+/// `TERN_WGPU_NO_SUBGROUPS=1` turns them off. The kernels work for any such
+/// size (NVIDIA's 32, AMD's 64, lavapipe's 8...), so CI checks the same
+/// code a large GPU runs.
+fn subgroups_usable(
+    features: wgpu::Features,
+    info: &wgpu::AdapterInfo,
+    opts: &WgpuOptions,
+) -> bool {
+    let off = opts.no_subgroups || std::env::var("TERN_WGPU_NO_SUBGROUPS").is_ok_and(|v| v == "1");
+    let (lo, hi) = (info.subgroup_min_size, info.subgroup_max_size);
+    features.contains(wgpu::Features::SUBGROUP)
+        && !off
+        && lo >= 1
+        && hi <= 128
+        && lo.is_power_of_two()
+        && hi.is_power_of_two()
 }
 
 /// The features `TERN_WGPU_STATS=timestamps` needs.
@@ -602,6 +630,7 @@ impl Ctx {
             max_binding,
             align,
             f16,
+            sg: features.contains(wgpu::Features::SUBGROUP),
             pipelines: Mutex::new(HashMap::new()),
             bind_groups: Mutex::new(HashMap::new()),
             dropped: Arc::new(Mutex::new(Vec::new())),

@@ -110,6 +110,16 @@ pub(crate) fn finish(code: String, f16: bool) -> String {
     }
 }
 
+/// `defs` and, when the device's kernels use subgroup operations
+/// (`Ctx::sg`), `SG`: the define that selects their subgroup code.
+pub(crate) fn with_sg<'a>(defs: &[&'a str], sg: bool) -> Vec<&'a str> {
+    let mut v = defs.to_vec();
+    if sg {
+        v.push("SG");
+    }
+    v
+}
+
 /// What the bind group layout of a kernel needs from its parsed module.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Reflection {

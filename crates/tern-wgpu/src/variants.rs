@@ -103,6 +103,14 @@ fn all() -> Vec<Variant> {
             np,
         ));
     }
+    for def in ["RMS", "RMSB"] {
+        v.push(fixed(
+            &format!("dense/{}/sg", def.to_lowercase()),
+            NORM_SRC,
+            &[def, "SG"],
+            np,
+        ));
+    }
     let cp = size_of::<ColsumParams>();
     v.push(fixed("dense/colsum_prod", COLSUM_SRC, &["PROD"], cp));
     v.push(fixed("dense/colsum_plain", COLSUM_SRC, &["PLAIN"], cp));

@@ -19,7 +19,7 @@ use tern_backend::{contract, Activation};
 use crate::ctx::View;
 use crate::ops::rope::{rope_factors, rope_supported};
 use crate::ops::ternary::{mv_subs, view4, WTernary, MV_FUSED_VEC4, MV_MAX_ROWS};
-use crate::shader::preprocess;
+use crate::shader::{preprocess, with_sg};
 use crate::{WBuf, Wgpu};
 
 pub(crate) const FUSED: &str = include_str!("../shaders/ternary_fused.wgsl");
@@ -87,8 +87,25 @@ impl Kind {
     }
 }
 
-fn source(kind: Kind, nr: usize) -> String {
-    preprocess(FUSED, kind.defs(), &mv_subs(nr))
+/// The kernel for `kind` and `nr` rows, with subgroup reductions when `sg`.
+fn source(kind: Kind, nr: usize, sg: bool) -> String {
+    let mut subs = mv_subs(nr);
+    if sg {
+        // each row's lane sum by subgroup shuffles, one entry per piece of
+        // a feature's 32 lanes that one subgroup holds
+        let put: String = (0..nr)
+            .map(|r| {
+                format!(
+                    "    part{r} = lane_sum(part{r});\n    if (lane % sg_m == 0u) {{ \
+                     wr({r}u * 256u + g * LANES + lane / sg_m, part{r}); }}\n"
+                )
+            })
+            .collect();
+        if let Some((_, v)) = subs.iter_mut().find(|(k, _)| *k == "PUT") {
+            *v = put;
+        }
+    }
+    preprocess(FUSED, &with_sg(kind.defs(), sg), &subs)
 }
 
 /// Whether the fused kernel takes `rows` rows of `cols` columns through
@@ -169,7 +186,7 @@ const FUSED_WGS: usize = 264;
 fn run(b: &Wgpu, kind: Kind, rows: usize, p: &mut FusedParams, views: &[View<'_>], batches: usize) {
     let nr = rows.next_power_of_two();
     let key = format!("ternary/fused/{}/{nr}", kind.name());
-    let pipe = b.ctx.pipeline(&key, || source(kind, nr));
+    let pipe = b.ctx.pipeline(&key, || source(kind, nr, b.ctx.sg));
     let wgs = batches.min(b.ctx.fused_wgs.unwrap_or(FUSED_WGS));
     p.nb = batches.div_ceil(wgs) as u32;
     p.vs = wgs as u32;
@@ -296,8 +313,11 @@ pub(crate) fn variants() -> Vec<crate::variants::Variant> {
     ];
     for kind in all {
         for nr in [1, 2, 4, 8] {
-            let key = format!("ternary/fused/{}/{nr}", kind.name());
-            v.push(crate::variants::Variant::new(&key, source(kind, nr), p));
+            for sg in [false, true] {
+                let tail = if sg { "/sg" } else { "" };
+                let key = format!("ternary/fused/{}/{nr}{tail}", kind.name());
+                v.push(crate::variants::Variant::new(&key, source(kind, nr, sg), p));
+            }
         }
     }
     v

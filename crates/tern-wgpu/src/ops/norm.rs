@@ -10,7 +10,7 @@ use tern_backend::contract;
 use super::reduce::reduce_segment;
 use super::{ranges, scratch, segments};
 use crate::ctx::WG;
-use crate::shader::preprocess;
+use crate::shader::{preprocess, with_sg};
 use crate::{WBuf, Wgpu};
 
 pub(crate) const NORM_SRC: &str = include_str!("../shaders/dense_norm.wgsl");
@@ -71,9 +71,10 @@ pub(crate) fn rmsnorm(
     }
     let wn = b.ctx.window_elems();
     if dim <= wn {
+        let defs = with_sg(&["RMS"], b.ctx.sg);
         let pipe = b
             .ctx
-            .pipeline("dense/rms", || preprocess(NORM_SRC, &["RMS"], &[]));
+            .pipeline("dense/rms", || preprocess(NORM_SRC, &defs, &[]));
         let (vw, sw) = b.ctx.view(&w.buf, 0, dim);
         for (r0, rn) in ranges(rows, (wn / dim).min(wn)) {
             let (vx, sx) = b.ctx.view(&x.buf, r0 * dim, rn * dim);
@@ -172,9 +173,10 @@ pub(crate) fn rmsnorm_backward(
     }
     let wn = b.ctx.window_elems();
     if dim <= wn {
+        let defs = with_sg(&["RMSB"], b.ctx.sg);
         let pipe = b
             .ctx
-            .pipeline("dense/rmsb", || preprocess(NORM_SRC, &["RMSB"], &[]));
+            .pipeline("dense/rmsb", || preprocess(NORM_SRC, &defs, &[]));
         let (vw, sw) = b.ctx.view(&w.buf, 0, dim);
         for (r0, rn) in ranges(rows, (wn / dim).min(wn)) {
             let (vx, sx) = b.ctx.view(&x.buf, r0 * dim, rn * dim);

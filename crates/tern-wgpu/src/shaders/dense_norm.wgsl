@@ -63,7 +63,17 @@ fn main(
     @builtin(local_invocation_index) t: u32,
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
+#ifdef SG
+    @builtin(subgroup_invocation_id) sgi: u32,
+    @builtin(subgroup_id) sid: u32,
+    @builtin(num_subgroups) nsg: u32,
+#endif
 ) {
+#ifdef SG
+    sg_lane = sgi;
+    sg_index = sid;
+    sg_count = nsg;
+#endif
     let row = wg.y * nwg.x + wg.x;
 #ifdef RMS
     if (row >= p.rows) {

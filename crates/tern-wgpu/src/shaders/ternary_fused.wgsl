@@ -17,6 +17,16 @@
 // `ternary_mv.wgsl` does. The features of a workgroup are chosen so that its
 // epilogue has what it needs: for QKV, 4 rotation pairs (i, i + hd/2) of one
 // head of q or k (or 8 rows of v); for GATE, rows j..j+4 of gate and of up.
+// A batch's first weight words are loaded before the work that precedes it
+// (the prologue, the previous batch's reduction), so that their latency
+// overlaps it.
+//
+// With SG (subgroup operations): the 32 lanes of a feature are consecutive
+// invocations of one subgroup (or whole subgroups, when subgroups are
+// smaller), their integer sums are added by subgroup shuffles and, for
+// subgroups under 32, through workgroup memory; the norm's sum is
+// tree_sum's subgroup form. Integer sums are exact in any order, so the
+// products are the same in both forms.
 struct P {
     fr: array<vec4<u32>, 7>,
     // per segment (weight 0, 1, 2): view shifts of the packed weights (in
@@ -87,6 +97,34 @@ fn rd(i: u32) -> i32 {
     return part[i];
 }
 
+#ifdef SG
+// Lanes of a feature in one subgroup: min(subgroup size, 32).
+var<private> sg_m: u32;
+
+// Σ x over the sg_m lanes of a feature inside one subgroup.
+fn lane_sum(x: i32) -> i32 {
+    var s = x;
+    for (var o = 1u; o < sg_m; o <<= 1u) {
+        s += subgroupShuffleXor(s, o);
+    }
+    return s;
+}
+
+// Σ of feature group g's lanes for row r (one entry per subgroup piece).
+fn lanes_total(r: u32, g: u32) -> i32 {
+    var s = 0i;
+    for (var i = 0u; i < LANES / sg_m; i++) {
+        s += rd(r * 256u + g * LANES + i);
+    }
+    return s;
+}
+#endif
+#ifndef SG
+fn lanes_total(r: u32, g: u32) -> i32 {
+    return rd(r * 256u + g * LANES);
+}
+#endif
+
 fn wr(i: u32, v: i32) {
     part[i] = v;
 }
@@ -124,6 +162,15 @@ fn wscale(sg: u32) -> f32 {
     }
 #endif
     return s0[p.sc.x];
+}
+
+// Weight vec4 k of feature f = (segment, feature), or zeros past the
+// features or the row (zero codes add nothing to Σ u·x).
+fn wpre(f: vec2<u32>, k: u32) -> vec4<u32> {
+    if (f.y < p.ns[f.x] && k < p.nk / 4u) {
+        return wload(f.x, f.y * p.wpr4 + k);
+    }
+    return vec4<u32>(0u);
 }
 
 // (segment, feature) of feature group g of workgroup `id`.
@@ -183,10 +230,29 @@ fn main(
     @builtin(local_invocation_index) t: u32,
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
+#ifdef SG
+    @builtin(subgroup_invocation_id) sgi: u32,
+    @builtin(subgroup_id) sid: u32,
+    @builtin(num_subgroups) nsg: u32,
+    @builtin(subgroup_size) sgs: u32,
+#endif
 ) {
-    let g = t / LANES;
-    let lane = t % LANES;
+#ifdef SG
+    sg_lane = sgi;
+    sg_index = sid;
+    sg_count = nsg;
+    sg_m = min(sgs, LANES);
+    // the products' thread index: consecutive within a subgroup
+    let v = sid * sgs + sgi;
+#endif
+#ifndef SG
+    let v = t;
+#endif
+    let g = v / LANES;
+    let lane = v % LANES;
     let id = wg.y * nwg.x + wg.x;
+    var a0 = wpre(feature(id, g), lane);
+    var a1 = wpre(feature(id, g), lane + LANES);
     if (t < 8u) {
         atomicStore(&amax[t], 0u);
         atomicStore(&qsum[t], 0);
@@ -271,26 +337,34 @@ fn main(
         let o = f.y;
         let live = o < p.ns[sg];
 {{DECL}}    if (live) {
-            let wb = o * p.wpr4;
             let nk4 = p.nk / 4u;
             var k = lane;
-            for (; k + LANES < nk4; k += 2u * LANES) {
-                let w0 = wload(sg, wb + k);
-                let w1 = wload(sg, wb + k + LANES);
-{{STEP2}}        }
-            if (k < nk4) {
-                let w0 = wload(sg, wb + k);
-{{STEP1}}        }
+            loop {
+                let w0 = a0;
+                let w1 = a1;
+{{STEP2}}            k += 2u * LANES;
+                if (k >= nk4) {
+                    break;
+                }
+                a0 = wpre(f, k);
+                a1 = wpre(f, k + LANES);
+            }
         }
+        // the next batch's first weights
+        let fnext = feature(vid + p.vs, g);
+        a0 = wpre(fnext, lane);
+        a1 = wpre(fnext, lane + LANES);
 {{PUT}}    workgroupBarrier();
+#ifndef SG
         for (var s = LANES / 2u; s > 0u; s = s >> 1u) {
             if (lane < s) {
 {{REDUCE}}        }
             workgroupBarrier();
         }
+#endif
         if (live && lane < p.nr) {
             let r = lane;
-            let total = rd(r * 256u + g * LANES);
+            let total = lanes_total(r, g);
             let a = fdiv(127.0, bitcast<f32>(max(atomicLoad(&amax[r]), p.qeps)));
             let sx = atomicLoad(&qsum[r]);
             vals[r * 8u + g] = fdiv(exact_i2f(total - sx) * wscale(sg), a);
