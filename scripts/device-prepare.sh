@@ -18,6 +18,8 @@ fi
 cargo build --release -p tern
 mkdir -p devbin
 cp target/release/tern devbin/
+cargo build --release -p tern-wgpu --example dispatch_floor
+cp target/release/examples/dispatch_floor devbin/
 cargo test --release -p tern-wgpu --no-run --message-format=json 2>/dev/null |
   python3 -c '
 import json, shutil, sys

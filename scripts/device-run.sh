@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The wgpu benchmark set of docs/benchmarks/wgpu-h200.md on a GPU machine, from the binaries
 # scripts/device-prepare.sh left in devbin/ and the loader packages in .gl/. JSON lines go to
-# $OUT/wgpu.jsonl (or ./wgpu.jsonl), the rest to stdout. `SETS="decode lora 13b tests"` picks.
+# $OUT/wgpu.jsonl (or ./wgpu.jsonl), the rest to stdout. `SETS="decode lora 13b tests"` picks;
+# `floor` (the dispatch floor) and `sweep` (decode under each tuning knob) are also there.
 set -uo pipefail
 for f in .gl/*.deb; do dpkg -x "$f" / 2>/dev/null; done
 ldconfig
@@ -14,6 +15,23 @@ J=${OUT:-.}/wgpu.jsonl
 B="bench --backend wgpu --quiet --json $J"
 SETS=${SETS:-"decode lora 13b tests"}
 has() { [[ " $SETS " == *" $1 "* ]]; }
+if has floor; then
+  echo "== the cost of a near-empty dependent dispatch"
+  ./devbin/dispatch_floor 2000
+fi
+if has sweep; then
+  D="--model random:1b --prefill 128 --decode 256 --lora-steps 0 --warmup 2"
+  echo "== 1B decode: subgroups off"
+  TERN_WGPU_NO_SUBGROUPS=1 $T $B $D
+  for k in 32 64; do
+    echo "== 1B decode: attention split at $k keys"
+    TERN_WGPU_SPLIT_KEYS=$k $T $B $D
+  done
+  for w in 132 528; do
+    echo "== 1B decode: $w workgroups per fused dispatch"
+    TERN_WGPU_FUSED_WGS=$w $T $B $D
+  done
+fi
 if has decode; then
   echo "== 1B: decode, prefill, LoRA (fused, f16 head)"
   $T $B --model random:1b --prefill 128 --decode 256 --lora-steps 10 --warmup 2

@@ -41,8 +41,21 @@ pub(crate) const DELTA: &str = include_str!("../../shaders/attention_delta.wgsl"
 
 /// Fewer workgroups than this and the forward splits the keys (decode).
 const SPLIT_TARGET: usize = 1024;
-/// Keys per split at least.
+/// Keys per split at least; `TERN_WGPU_SPLIT_KEYS` overrides it (a tuning
+/// knob: more splits fill more of a large GPU during decode, at the cost of
+/// the merge).
 const SPLIT_MIN_KEYS: usize = 128;
+
+fn split_min_keys() -> usize {
+    static KEYS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *KEYS.get_or_init(|| {
+        std::env::var("TERN_WGPU_SPLIT_KEYS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(SPLIT_MIN_KEYS)
+    })
+}
 
 /// `struct P` of `shaders/attention.wgsl`.
 #[repr(C)]
@@ -300,7 +313,7 @@ pub(crate) fn attention(
         let wgs = qblocks * nkv * batch;
         let mut splits = 1;
         if wgs < SPLIT_TARGET {
-            splits = (SPLIT_TARGET / wgs).min(n_keys / SPLIT_MIN_KEYS).max(1);
+            splits = (SPLIT_TARGET / wgs).min(n_keys / split_min_keys()).max(1);
         }
         let chunk = n_keys.div_ceil(splits).next_multiple_of(keys);
         splits = n_keys.div_ceil(chunk);
