@@ -40,6 +40,12 @@ pub(crate) enum Field {
     V,
 }
 
+/// Values to read and gradients to write, borrowed from one [`ParamSet`].
+pub(crate) type ValuesGrads<'a, B> = (
+    Vec<&'a <B as Backend>::Buf>,
+    Vec<&'a mut <B as Backend>::Buf>,
+);
+
 pub(crate) struct ParamSet<B: Backend, K> {
     keys: Vec<K>,
     index: BTreeMap<K, usize>,
@@ -137,7 +143,7 @@ impl<B: Backend, K: ParamKey> ParamSet<B, K> {
         &mut self,
         values: &[K],
         grads: &[K],
-    ) -> Option<(Vec<&B::Buf>, Vec<&mut B::Buf>)> {
+    ) -> Option<ValuesGrads<'_, B>> {
         let vals = values
             .iter()
             .map(|k| self.value[*self.index.get(k)?].as_ref())
