@@ -20,6 +20,7 @@
 //! reason and `return` early, for example
 //! `conformance_tests!(match Wgpu::new() { Ok(b) => b, Err(e) => { eprintln!("skipped: {e}"); return; } })`.
 
+use crate::multi::{AdamWTensor, Product};
 use crate::{Activation, AdamW, AttnDims, Backend, Gemm, TernaryCodes};
 use tern_tensor::rng::SplitMix64;
 
@@ -78,6 +79,8 @@ macro_rules! conformance_tests {
             cross_entropy_reference,
             cross_entropy_backward_fd,
             adamw_matches_pytorch,
+            adamw_multi_matches_per_tensor,
+            matmul_many_matches_matmul,
             requantize_ternary_exact,
             fake_quant_act_exact,
             fused_block_ops_match_composition,
@@ -1905,6 +1908,188 @@ pub fn adamw_matches_pytorch<B: Backend>(b: &B) {
             1e-9,
             1e-5,
         );
+    }
+}
+
+/// [`Backend::adamw_multi`] over 70 tensors of mixed lengths (1 to 20,003
+/// values: more tensors than one dispatch binds on any GPU, and a tail)
+/// for three steps: bit-identical to [`Backend::adamw`] on each tensor
+/// (PyTorch's formula is checked there, `adamw_matches_pytorch`), and
+/// close to the f64 formula itself after the first step.
+pub fn adamw_multi_matches_per_tensor<B: Backend>(b: &B) {
+    let mut rng = Rng::new(29);
+    let lens: Vec<usize> = (0..70)
+        .map(|i| match i % 7 {
+            0 => 1,
+            1 => 255,
+            2 => 256,
+            3 => 257,
+            4 => 8 * 96,
+            5 => 3 + i,
+            _ => 20_003,
+        })
+        .collect();
+    let p0: Vec<Vec<f32>> = lens.iter().map(|&n| rng.vec(n, -1.0, 1.0)).collect();
+    let state = |b: &B| -> Vec<[B::Buf; 3]> {
+        p0.iter()
+            .map(|p| {
+                [
+                    up(b, p),
+                    up(b, &vec![0.0; p.len()]),
+                    up(b, &vec![0.0; p.len()]),
+                ]
+            })
+            .collect()
+    };
+    let (mut multi, mut single) = (state(b), state(b));
+    for step in 1..=3u32 {
+        let grads: Vec<B::Buf> = lens
+            .iter()
+            .map(|&n| {
+                let mut g = rng.vec(n, -1.0, 1.0);
+                g[0] = if step == 2 { 0.0 } else { g[0] };
+                up(b, &g)
+            })
+            .collect();
+        let h = AdamW {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            step,
+        };
+        let mut ts: Vec<AdamWTensor<'_, B>> = multi
+            .iter_mut()
+            .zip(&grads)
+            .map(|([p, m, v], g)| AdamWTensor { p, g, m, v })
+            .collect();
+        b.adamw_multi(&mut ts, h);
+        for ([p, m, v], g) in single.iter_mut().zip(&grads) {
+            b.adamw(p, g, m, v, h);
+        }
+        for (i, (x, y)) in multi.iter().zip(&single).enumerate() {
+            for (f, name) in ["p", "m", "v"].iter().enumerate() {
+                let (got, want) = (down(b, &x[f]), down(b, &y[f]));
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "adamw_multi step {step}: tensor {i} ({} values) {name} differs from adamw",
+                    lens[i]
+                );
+            }
+            if step == 1 {
+                // m = 0.1 g, v = 0.001 g^2: p = p0 (1 - lr wd) - lr sign(g) (|g| >> eps)
+                let g = down(b, &grads[i]);
+                let want: Vec<f64> = p0[i]
+                    .iter()
+                    .zip(&g)
+                    .map(|(&p, &g)| {
+                        let (p, g) = (p as f64, g as f64);
+                        let m = 0.1 * g;
+                        let v = 0.001 * g * g;
+                        p * (1.0 - 1e-3) - 1e-2 / 0.1 * m / (v.sqrt() / 0.001f64.sqrt() + 1e-8)
+                    })
+                    .collect();
+                assert_close("adamw_multi p, step 1", &down(b, &x[0]), &want, 1e-6, 1e-5);
+            }
+        }
+    }
+}
+
+/// [`Backend::matmul_many`] on the product groups of a LoRA step (several
+/// products sharing an operand, every transpose combination, `alpha` and
+/// `beta` in {0 (C holds NaN, which must not propagate), 1}): each `c`
+/// within the [`Backend::matmul`] budget `2e-5 * (Σ|alpha a b| + |beta c|)
+/// + 1e-6` of the f64 reference, and within twice that of
+/// [`Backend::matmul`] itself.
+pub fn matmul_many_matches_matmul<B: Backend>(b: &B) {
+    let mut rng = Rng::new(31);
+    let (rows, r) = (37, 8);
+    // (each member's own size, trans_a, trans_b, alpha, beta, whether the
+    // members share one `a` buffer)
+    for (outs, ta, tb, alpha, beta, shared) in [
+        // forward A products: t_i = x · A_iᵀ, one x
+        (vec![96, 96, 96], false, true, 1.0f32, 0.0f32, true),
+        // forward B products: y_i += s t_i · B_iᵀ
+        (vec![96, 40, 40], false, true, 2.0, 1.0, false),
+        // backward: dt_i = s dy_i · B_i
+        (vec![300, 72], false, false, 0.5, 0.0, false),
+        // weight gradients: dB_i (+)= s dy_iᵀ · t_i and the like
+        (vec![96, 40, 40, 96, 40, 40], true, false, 2.0, 1.0, false),
+        (vec![700], true, true, -0.7, 0.0, false),
+        (vec![1, 5], false, false, 1.0, 1.0, false),
+    ] {
+        let shapes: Vec<Gemm> = outs
+            .iter()
+            .enumerate()
+            .map(|(i, &o)| {
+                // the members of a shared-input group differ only in n
+                let (m, k, n) = match if shared { 2 } else { i % 3 } {
+                    0 => (rows, o, r),
+                    1 => (o, rows, r),
+                    _ => (rows, r, o),
+                };
+                Gemm {
+                    m,
+                    k,
+                    n,
+                    trans_a: ta,
+                    trans_b: tb,
+                    alpha,
+                    beta,
+                }
+            })
+            .collect();
+        let shared_a = rng.vec(rows * r, -1.0, 1.0);
+        let ops: Vec<[Vec<f32>; 3]> = shapes
+            .iter()
+            .map(|g| {
+                let c0 = if g.beta == 0.0 {
+                    vec![f32::NAN; g.m * g.n]
+                } else {
+                    rng.vec(g.m * g.n, -1.0, 1.0)
+                };
+                let a = if shared {
+                    shared_a.clone()
+                } else {
+                    rng.vec(g.m * g.k, -1.0, 1.0)
+                };
+                [a, rng.vec(g.k * g.n, -1.0, 1.0), c0]
+            })
+            .collect();
+        let a_one = up(b, &shared_a);
+        let a_own: Vec<B::Buf> = ops.iter().map(|o| up(b, &o[0])).collect();
+        let a_of = |i: usize| if shared { &a_one } else { &a_own[i] };
+        let bs: Vec<B::Buf> = ops.iter().map(|o| up(b, &o[1])).collect();
+        let mut many: Vec<B::Buf> = ops.iter().map(|o| up(b, &o[2])).collect();
+        let mut ps: Vec<Product<'_, B>> = many
+            .iter_mut()
+            .enumerate()
+            .map(|(i, c)| Product {
+                a: a_of(i),
+                b: &bs[i],
+                c,
+                g: shapes[i],
+            })
+            .collect();
+        b.matmul_many(&mut ps);
+        drop(ps);
+        for (i, (o, g)) in ops.iter().zip(&shapes).enumerate() {
+            let what = format!("matmul_many product {i} of {} {g:?}", shapes.len());
+            let mut one = up(b, &o[2]);
+            b.matmul(a_of(i), &bs[i], &mut one, *g);
+            let (want, mag) = reference::matmul(&f64s(&o[0]), &f64s(&o[1]), &f64s(&o[2]), *g);
+            let tol: Vec<f64> = mag.iter().map(|m| 2e-5 * m + 1e-6).collect();
+            let got = down(b, &many[i]);
+            assert_within(&what, &got, &want, &tol);
+            let single = f64s(&down(b, &one));
+            let tol2: Vec<f64> = tol.iter().map(|t| 2.0 * t).collect();
+            assert_within(&format!("{what} against matmul"), &got, &single, &tol2);
+        }
     }
 }
 

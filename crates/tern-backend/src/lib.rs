@@ -60,6 +60,7 @@ pub mod conformance;
 pub mod contract;
 pub mod cpu;
 pub mod fused;
+pub mod multi;
 
 pub use cpu::Cpu;
 
@@ -607,4 +608,22 @@ pub trait Backend: Send + Sync {
         v: &mut Self::Buf,
         h: AdamW,
     );
+    /// [`Backend::adamw`] with the one hyper-parameter set `h` on every
+    /// tensor of `ts` (all the adapter tensors of a LoRA step): a GPU runs
+    /// them in one dispatch (or a few, as its binding limits allow). The
+    /// result is bit-identical to the per-tensor op; the default is that
+    /// loop ([`multi::adamw_multi_unfused`]).
+    fn adamw_multi(&self, ts: &mut [multi::AdamWTensor<'_, Self>], h: AdamW) {
+        multi::adamw_multi_unfused(self, ts, h)
+    }
+
+    /// Several independent [`Backend::matmul`] products (see
+    /// [`multi::Product`]): the LoRA products of projections that share
+    /// their input (q, k, v; gate, up) and their gradient products, in one
+    /// dispatch on a GPU. Float path: each `c` equals [`Backend::matmul`]'s
+    /// within its error budget (the summation order may differ); the
+    /// default is that loop ([`multi::matmul_many_unfused`]).
+    fn matmul_many(&self, ps: &mut [multi::Product<'_, Self>]) {
+        multi::matmul_many_unfused(self, ps)
+    }
 }

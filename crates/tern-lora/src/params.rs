@@ -4,6 +4,7 @@
 //! the optimizer step, gradient norm and clipping are written once, here.
 
 use std::collections::BTreeMap;
+use tern_backend::multi::AdamWTensor;
 use tern_backend::{AdamW, Backend, BackendError};
 use tern_model::Param;
 
@@ -38,6 +39,12 @@ pub(crate) enum Field {
     M,
     V,
 }
+
+/// Values to read and gradients to write, borrowed from one [`ParamSet`].
+pub(crate) type ValuesGrads<'a, B> = (
+    Vec<&'a <B as Backend>::Buf>,
+    Vec<&'a mut <B as Backend>::Buf>,
+);
 
 pub(crate) struct ParamSet<B: Backend, K> {
     keys: Vec<K>,
@@ -129,6 +136,30 @@ impl<B: Backend, K: ParamKey> ParamSet<B, K> {
         self.buf_mut(key, Field::Grad)
     }
 
+    /// The values of `values` and the gradients of `grads` at once (the
+    /// gradients to accumulate into, in the order of `grads`, which holds
+    /// no key twice); `None` if a key is missing or a value not held here.
+    pub(crate) fn values_and_grads(
+        &mut self,
+        values: &[K],
+        grads: &[K],
+    ) -> Option<ValuesGrads<'_, B>> {
+        let vals = values
+            .iter()
+            .map(|k| self.value[*self.index.get(k)?].as_ref())
+            .collect::<Option<Vec<_>>>()?;
+        let want = grads
+            .iter()
+            .map(|k| self.index.get(k).copied())
+            .collect::<Option<Vec<usize>>>()?;
+        let mut slots: Vec<Option<&mut B::Buf>> = self.grad.iter_mut().map(Some).collect();
+        let gs = want
+            .iter()
+            .map(|&i| slots[i].take())
+            .collect::<Option<Vec<_>>>()?;
+        Some((vals, gs))
+    }
+
     /// `beta` for a gradient writer: 0 while the gradients are stale
     /// (overwrite), 1 otherwise (accumulate).
     pub(crate) fn grad_beta(&self) -> f32 {
@@ -209,6 +240,57 @@ impl<B: Backend, K: ParamKey> ParamSet<B, K> {
             update(key, value, &self.grad[i], &mut self.m[i], &mut self.v[i], h);
             if self.clearing == Clearing::Eager {
                 be.scale(0.0, &mut self.grad[i]);
+            }
+        }
+        // cleared lazily: see `Clearing::Lazy`
+        self.stale = self.clearing == Clearing::Lazy;
+    }
+
+    /// [`Self::adamw`] for a set that holds every value, through the
+    /// backend's multi-tensor update ([`Backend::adamw_multi`]: one call per
+    /// hyper-parameter set, so one GPU dispatch for all the tensors that
+    /// decay alike instead of one each). Bit-identical to [`Self::adamw`]
+    /// with [`Backend::adamw`] as the update.
+    pub(crate) fn adamw_all(&mut self, be: &B, hp: AdamW) {
+        self.step += 1;
+        let hp = AdamW {
+            step: self.step,
+            ..hp
+        };
+        let no_decay = AdamW {
+            weight_decay: 0.0,
+            ..hp
+        };
+        if self.stale {
+            // a second step without a backward in between: zero gradients
+            for g in &mut self.grad {
+                be.scale(0.0, g);
+            }
+        }
+        let mut decay: Vec<AdamWTensor<'_, B>> = Vec::with_capacity(self.keys.len());
+        let mut plain: Vec<AdamWTensor<'_, B>> = Vec::new();
+        let parts = self
+            .keys
+            .iter()
+            .zip(&mut self.value)
+            .zip(&self.grad)
+            .zip(self.m.iter_mut().zip(&mut self.v));
+        for (((key, value), g), (m, v)) in parts {
+            let p = value
+                .as_mut()
+                .unwrap_or_else(|| unreachable!("{key:?}: adamw_all needs every value held"));
+            let t = AdamWTensor { p, g, m, v };
+            if key.decays() {
+                decay.push(t);
+            } else {
+                plain.push(t);
+            }
+        }
+        be.adamw_multi(&mut decay, hp);
+        be.adamw_multi(&mut plain, no_decay);
+        if self.clearing == Clearing::Eager {
+            for g in &mut self.grad {
+                be.scale(0.0, g);
             }
         }
         // cleared lazily: see `Clearing::Lazy`

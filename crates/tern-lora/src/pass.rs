@@ -45,6 +45,21 @@ pub(crate) trait TrainHooks<B: Backend>: BlockHooks<B> {
     fn trains(&self, key: Param) -> bool;
     /// The gradient of a trained model parameter, to accumulate into.
     fn grad(&mut self, key: Param) -> Option<&mut B::Buf>;
+    /// Before the backward of the projections `projs` (`(proj, dy)`, all
+    /// reading `x`, of layer `layer`): the work of their
+    /// [`TrainHooks::extra_backward`] calls that does not touch `dx`, done
+    /// at once for the group (LoRA: the adapters' gradient products as
+    /// multi-tensor ops). Default: nothing.
+    fn extra_prepare(
+        &mut self,
+        _be: &B,
+        _layer: usize,
+        _projs: &[(Proj, &B::Buf)],
+        _x: &B::Buf,
+        _rows: usize,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
     /// Backward of what [`BlockHooks::project`] adds to the BitLinear
     /// (LoRA's branch): add its input gradient to `dx` and accumulate its
     /// own parameter gradients.
@@ -315,6 +330,7 @@ impl<B: Backend> Projs<'_, B> {
             }
             ActQuant::PerTokenInt8 | ActQuant::None => None,
         };
+        hk.extra_prepare(be, self.l, projs, x, rows)?;
         for (i, &(p, dy)) in projs.iter().enumerate() {
             let w = self.layer.proj(p);
             if i == 0 {

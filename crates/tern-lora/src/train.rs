@@ -9,6 +9,7 @@ use crate::adapter::{Adapter, LoraConfig, LoraError, TensorPairs};
 use crate::params::{Clearing, Field, ParamKey, ParamSet};
 use crate::pass::{self, Batch, TrainHooks};
 use std::collections::BTreeMap;
+use tern_backend::multi::Product;
 use tern_backend::{AdamW, Backend, Gemm};
 use tern_model::block::{bitlinear, BlockHooks, Site};
 use tern_model::model::ActQuant;
@@ -78,6 +79,13 @@ pub struct Trainer<'m, B: Backend> {
     calls: u64,
     /// Dropout active in the current call (training passes only).
     dropout_on: bool,
+    /// `A x_d` of each adapter from the last forward of its layer (the
+    /// recomputation right before the layer's backward), which the
+    /// backward reuses instead of computing it again.
+    t_cache: BTreeMap<(usize, Proj), B::Buf>,
+    /// `s · dy B` of each adapter of the projections whose backward is
+    /// under way ([`TrainHooks::extra_prepare`] to `extra_backward`).
+    dt_cache: BTreeMap<(usize, Proj), B::Buf>,
 }
 
 impl<'m, B: Backend> Trainer<'m, B> {
@@ -104,6 +112,8 @@ impl<'m, B: Backend> Trainer<'m, B> {
             seed: 0,
             calls: 0,
             dropout_on: false,
+            t_cache: BTreeMap::new(),
+            dt_cache: BTreeMap::new(),
         })
     }
 
@@ -197,6 +207,8 @@ impl<'m, B: Backend> Trainer<'m, B> {
         // Dropout only in training passes; every training pass draws new masks.
         self.dropout_on = grad_scale.is_some() && self.cfg.dropout > 0.0;
         let model = self.model;
+        self.t_cache.clear();
+        self.dt_cache.clear();
         let result = pass::run(model, self, b, grad_scale, false).map(|(st, _)| st);
         if self.dropout_on {
             self.calls += 1;
@@ -232,11 +244,8 @@ impl<'m, B: Backend> Trainer<'m, B> {
             weight_decay,
             step: 0,
         };
-        let be = self.be();
-        self.params.adamw(be, hp, |key, value, g, m, v, hp| {
-            let value = value.unwrap_or_else(|| unreachable!("{key:?} is held by the set"));
-            be.adamw(value, g, m, v, hp);
-        });
+        // every adapter tensor in one multi-tensor update
+        self.params.adamw_all(self.be(), hp);
     }
 
     /// Copy buffer `field` of every adapter tensor to the host, in the
@@ -351,6 +360,91 @@ impl<'m, B: Backend> Trainer<'m, B> {
     }
 }
 
+impl<B: Backend> Trainer<'_, B> {
+    /// The LoRA branch of the projections `ats`, which all read `x`, added
+    /// to their outputs `ys`: `y_i += s · B_i (A_i x_i)` with `x_i` the
+    /// branch input ([`Self::lora_input`]). The A products of the group run
+    /// as one multi-tensor op, then the B products as another; each
+    /// `A_i x_i` is kept for the layer's backward.
+    fn lora_forward(
+        &mut self,
+        be: &B,
+        ats: &[Site<'_, B>],
+        x: &B::Buf,
+        ys: &mut [&mut B::Buf],
+    ) -> Result<(), LoraError> {
+        let cfg = &self.model.cfg;
+        let (r, s) = (self.cfg.rank, self.cfg.scaling());
+        let members: Vec<usize> = (0..ats.len())
+            .filter(|&i| self.pair(ats[i].layer, ats[i].proj).is_some())
+            .collect();
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut scratch: Vec<Option<B::Buf>> = members.iter().map(|_| None).collect();
+        let xs = members
+            .iter()
+            .zip(scratch.iter_mut())
+            .map(|(&i, sc)| self.lora_input(ats[i].layer, ats[i].proj, x, sc))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ts = members
+            .iter()
+            .map(|&i| be.alloc(ats[i].rows * r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let pairs: Vec<(&B::Buf, &B::Buf)> = members
+            .iter()
+            .map(|&i| self.pair(ats[i].layer, ats[i].proj).expect("a member"))
+            .collect();
+        // t_i = x_i A_iᵀ
+        let mut ps: Vec<Product<'_, B>> = members
+            .iter()
+            .zip(&xs)
+            .zip(&pairs)
+            .zip(ts.iter_mut())
+            .map(|(((&i, &xi), &(a, _)), t)| {
+                let inp = ats[i].proj.shape(cfg).1;
+                let g = Gemm::new(ats[i].rows, inp, r).trans_b();
+                Product {
+                    a: xi,
+                    b: a,
+                    c: t,
+                    g,
+                }
+            })
+            .collect();
+        be.matmul_many(&mut ps);
+        drop(ps);
+        // y_i += s t_i B_iᵀ
+        let outs = ys
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| members.contains(i))
+            .map(|(_, y)| &mut **y);
+        let mut ps: Vec<Product<'_, B>> = members
+            .iter()
+            .zip(&pairs)
+            .zip(&ts)
+            .zip(outs)
+            .map(|(((&i, &(_, bm)), t), y)| {
+                let out = ats[i].proj.shape(cfg).0;
+                let g = Gemm::new(ats[i].rows, r, out).trans_b().alpha(s);
+                Product {
+                    a: t,
+                    b: bm,
+                    c: y,
+                    g: g.accumulate(),
+                }
+            })
+            .collect();
+        be.matmul_many(&mut ps);
+        drop(ps);
+        for (&i, t) in members.iter().zip(ts) {
+            self.t_cache.insert((ats[i].layer, ats[i].proj), t);
+        }
+        Ok(())
+    }
+}
+
 impl<B: Backend> BlockHooks<B> for Trainer<'_, B> {
     type Error = LoraError;
 
@@ -362,20 +456,23 @@ impl<B: Backend> BlockHooks<B> for Trainer<'_, B> {
         x: &B::Buf,
         y: &mut B::Buf,
     ) -> Result<(), LoraError> {
-        let rows = at.rows;
-        bitlinear(be, self.act_quant, at.weight, x, y, rows);
-        let Some((a, b)) = self.pair(at.layer, at.proj) else {
-            return Ok(());
-        };
-        let (out, inp) = at.proj.shape(&self.model.cfg);
-        let r = self.cfg.rank;
-        let mut scratch = None;
-        let x = self.lora_input(at.layer, at.proj, x, &mut scratch)?;
-        let mut t = be.alloc(rows * r)?;
-        be.matmul(x, a, &mut t, Gemm::new(rows, inp, r).trans_b());
-        let up = Gemm::new(rows, r, out).trans_b().alpha(self.cfg.scaling());
-        be.matmul(&t, b, y, up.accumulate());
-        Ok(())
+        bitlinear(be, self.act_quant, at.weight, x, y, at.rows);
+        self.lora_forward(be, &[at], x, &mut [y])
+    }
+
+    /// [`Self::project`] on each, the adapter products of the group
+    /// batched.
+    fn project_many(
+        &mut self,
+        be: &B,
+        ats: &[Site<'_, B>],
+        x: &B::Buf,
+        ys: &mut [&mut B::Buf],
+    ) -> Result<(), LoraError> {
+        for (at, y) in ats.iter().zip(ys.iter_mut()) {
+            bitlinear(be, self.act_quant, at.weight, x, y, at.rows);
+        }
+        self.lora_forward(be, ats, x, ys)
     }
 }
 
@@ -393,8 +490,118 @@ impl<B: Backend> TrainHooks<B> for Trainer<'_, B> {
         None
     }
 
-    /// The adapter branch: `dx += dropout'(s · dy B A)`, `dB += s · dyᵀ t`,
-    /// `dA += (s · dy B)ᵀ x_d` (or `=` right after an optimizer step).
+    /// The adapters' gradient products for the group: `dt_i = s · dy_i
+    /// B_i` and `dB_i += s · dy_iᵀ t_i` as one multi-tensor op, then
+    /// `dA_i += dt_iᵀ x_d` as another (`=` right after an optimizer step);
+    /// `dt_i` is kept for [`TrainHooks::extra_backward`].
+    fn extra_prepare(
+        &mut self,
+        be: &B,
+        l: usize,
+        projs: &[(Proj, &B::Buf)],
+        x: &B::Buf,
+        rows: usize,
+    ) -> Result<(), LoraError> {
+        let cfg = &self.model.cfg;
+        let (r, s) = (self.cfg.rank, self.cfg.scaling());
+        let members: Vec<(Proj, &B::Buf)> = projs
+            .iter()
+            .filter(|&&(p, _)| self.pair(l, p).is_some())
+            .copied()
+            .collect();
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut scratch: Vec<Option<B::Buf>> = members.iter().map(|_| None).collect();
+        let xds = members
+            .iter()
+            .zip(scratch.iter_mut())
+            .map(|(&(p, _), sc)| self.lora_input(l, p, x, sc))
+            .collect::<Result<Vec<_>, _>>()?;
+        // t_i from the forward just run (the recomputation), else anew
+        let mut ts = Vec::with_capacity(members.len());
+        for (&(p, _), &xd) in members.iter().zip(&xds) {
+            let t = match self.t_cache.remove(&(l, p)) {
+                Some(t) => t,
+                None => {
+                    let (a, _) = self.pair(l, p).expect("a member");
+                    let mut t = be.alloc(rows * r)?;
+                    let inp = p.shape(cfg).1;
+                    be.matmul(xd, a, &mut t, Gemm::new(rows, inp, r).trans_b());
+                    t
+                }
+            };
+            ts.push(t);
+        }
+        let mut dts = members
+            .iter()
+            .map(|_| be.alloc(rows * r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let beta = self.params.grad_beta();
+        let key = |p, half| LoraKey {
+            layer: l,
+            proj: p,
+            half,
+        };
+        let keys_b: Vec<LoraKey> = members.iter().map(|&(p, _)| key(p, Half::B)).collect();
+        let keys_a: Vec<LoraKey> = members.iter().map(|&(p, _)| key(p, Half::A)).collect();
+        {
+            let (bs, gbs) = self
+                .params
+                .values_and_grads(&keys_b, &keys_b)
+                .expect("every B has a value and a gradient");
+            let mut ps: Vec<Product<'_, B>> = Vec::with_capacity(2 * members.len());
+            let parts = members.iter().zip(bs).zip(gbs).zip(ts.iter().zip(&mut dts));
+            for (((&(p, dy), bm), gb), (t, dt)) in parts {
+                let out = p.shape(cfg).0;
+                let g = Gemm::new(rows, out, r).alpha(s);
+                ps.push(Product {
+                    a: dy,
+                    b: bm,
+                    c: dt,
+                    g,
+                });
+                let g = Gemm::new(out, rows, r).trans_a().alpha(s).beta(beta);
+                ps.push(Product {
+                    a: dy,
+                    b: t,
+                    c: gb,
+                    g,
+                });
+            }
+            be.matmul_many(&mut ps);
+        }
+        {
+            let (_, gas) = self
+                .params
+                .values_and_grads(&[], &keys_a)
+                .expect("every A has a gradient");
+            let mut ps: Vec<Product<'_, B>> = members
+                .iter()
+                .zip(gas)
+                .zip(dts.iter().zip(&xds))
+                .map(|((&(p, _), ga), (dt, &xd))| {
+                    let inp = p.shape(cfg).1;
+                    let g = Gemm::new(r, rows, inp).trans_a().beta(beta);
+                    Product {
+                        a: dt,
+                        b: xd,
+                        c: ga,
+                        g,
+                    }
+                })
+                .collect();
+            be.matmul_many(&mut ps);
+        }
+        for (&(p, _), dt) in members.iter().zip(dts) {
+            self.dt_cache.insert((l, p), dt);
+        }
+        Ok(())
+    }
+
+    /// The adapter branch's input gradient, `dx += dropout'(dt A)` with
+    /// `dt = s · dy B` (its gradient products ran in
+    /// [`TrainHooks::extra_prepare`]).
     fn extra_backward(
         &mut self,
         be: &B,
@@ -404,53 +611,25 @@ impl<B: Backend> TrainHooks<B> for Trainer<'_, B> {
         dx: &mut B::Buf,
     ) -> Result<(), LoraError> {
         let (l, p, rows) = (at.layer, at.proj, at.rows);
-        let Some((a, b)) = self.pair(l, p) else {
+        if self.pair(l, p).is_none() {
             return Ok(());
-        };
-        let (out, inp) = p.shape(&self.model.cfg);
-        let r = self.cfg.rank;
-        let s = self.cfg.scaling();
-        let dropped = self.dropout_on && self.cfg.dropout > 0.0;
-        let mask_seed = self.mask_seed(l, p);
-        let mut scratch = None;
-        let xd = self.lora_input(l, p, x, &mut scratch)?;
-        let mut t = be.alloc(rows * r)?;
-        be.matmul(xd, a, &mut t, Gemm::new(rows, inp, r).trans_b());
-        // dt = s · dy B
-        let mut dt = be.alloc(rows * r)?;
-        be.matmul(dy, b, &mut dt, Gemm::new(rows, out, r).alpha(s));
+        }
+        if !self.dt_cache.contains_key(&(l, p)) {
+            self.extra_prepare(be, l, &[(p, dy)], x, rows)?;
+        }
+        let dt = self.dt_cache.remove(&(l, p)).expect("prepared above");
+        let (a, _) = self.pair(l, p).expect("checked above");
+        let (r, inp) = (self.cfg.rank, p.shape(&self.model.cfg).1);
         // dx += dropout'(dt A): the same mask on the way back.
-        if dropped {
+        if self.dropout_on && self.cfg.dropout > 0.0 {
             let mut dxd = be.alloc(rows * inp)?;
             be.matmul(&dt, a, &mut dxd, Gemm::new(rows, r, inp));
             let mut masked = be.alloc(rows * inp)?;
-            be.dropout(&dxd, &mut masked, self.cfg.dropout, mask_seed);
+            be.dropout(&dxd, &mut masked, self.cfg.dropout, self.mask_seed(l, p));
             be.axpy(1.0, &masked, dx);
         } else {
             be.matmul(&dt, a, dx, Gemm::new(rows, r, inp).accumulate());
         }
-        // dB += s · dyᵀ t ; dA += dtᵀ x_d (or = after an optimizer step)
-        let beta = self.params.grad_beta();
-        let key = |half| LoraKey {
-            layer: l,
-            proj: p,
-            half,
-        };
-        let gb = self
-            .params
-            .grad_mut(key(Half::B))
-            .expect("B has a gradient");
-        be.matmul(
-            dy,
-            &t,
-            gb,
-            Gemm::new(out, rows, r).trans_a().alpha(s).beta(beta),
-        );
-        let ga = self
-            .params
-            .grad_mut(key(Half::A))
-            .expect("A has a gradient");
-        be.matmul(&dt, xd, ga, Gemm::new(r, rows, inp).trans_a().beta(beta));
         Ok(())
     }
 }

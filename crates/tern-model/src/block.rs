@@ -33,6 +33,13 @@ pub struct Site<'a, B: Backend> {
     pub rows: usize,
 }
 
+impl<B: Backend> Clone for Site<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for Site<'_, B> {}
+
 /// What a caller plugs into the block.
 pub trait BlockHooks<B: Backend> {
     type Error: From<BackendError>;
@@ -44,6 +51,23 @@ pub trait BlockHooks<B: Backend> {
         x: &B::Buf,
         y: &mut B::Buf,
     ) -> Result<(), Self::Error>;
+
+    /// The projections `ats` that all read `x` (q, k, v; gate, up), into
+    /// `ys` in the same order, so that a hook can batch their work (the
+    /// LoRA trainer's adapter products: one multi-tensor op for the group).
+    /// Default: [`BlockHooks::project`] on each in order.
+    fn project_many(
+        &mut self,
+        be: &B,
+        ats: &[Site<'_, B>],
+        x: &B::Buf,
+        ys: &mut [&mut B::Buf],
+    ) -> Result<(), Self::Error> {
+        for (&at, y) in ats.iter().zip(ys.iter_mut()) {
+            self.project(be, at, x, y)?;
+        }
+        Ok(())
+    }
 
     /// Whether every projection of layer `layer` is the plain W1.58A8
     /// product (no deltas, no dropout), so that an inference step may run
@@ -217,9 +241,8 @@ pub fn forward<B: Backend, H: BlockHooks<B> + ?Sized>(
         other => other,
     };
     norm(Norm::Attn, x, &mut a.n1, &mut a.rstd1);
-    hooks.project(be, at(Proj::Q), &a.n1, &mut a.q)?;
-    hooks.project(be, at(Proj::K), &a.n1, &mut a.k)?;
-    hooks.project(be, at(Proj::V), &a.n1, &mut a.v)?;
+    let qkv = [at(Proj::Q), at(Proj::K), at(Proj::V)];
+    hooks.project_many(be, &qkv, &a.n1, &mut [&mut a.q, &mut a.k, &mut a.v])?;
     be.rope(&mut a.q, pos, rows, nh, hd, cfg.rope_theta, false);
     be.rope(&mut a.k, pos, rows, nkv, hd, cfg.rope_theta, false);
     match attend {
@@ -239,8 +262,8 @@ pub fn forward<B: Backend, H: BlockHooks<B> + ?Sized>(
     be.axpy(1.0, x, &mut a.h);
 
     norm(Norm::Ffn, &a.h, &mut a.n2, &mut a.rstd3);
-    hooks.project(be, at(Proj::Gate), &a.n2, &mut a.g)?;
-    hooks.project(be, at(Proj::Up), &a.n2, &mut a.u)?;
+    let gate_up = [at(Proj::Gate), at(Proj::Up)];
+    hooks.project_many(be, &gate_up, &a.n2, &mut [&mut a.g, &mut a.u])?;
     be.gate(&a.g, &a.u, &mut a.a, cfg.hidden_act.activation());
     norm(Norm::FfnSub, &a.a, &mut a.a_n, &mut a.rstd4);
     hooks.project(be, at(Proj::Down), &a.a_n, &mut a.out)?;

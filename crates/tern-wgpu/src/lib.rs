@@ -485,4 +485,10 @@ impl Backend for Wgpu {
     fn adamw(&self, p: &mut WBuf, g: &WBuf, m: &mut WBuf, v: &mut WBuf, h: AdamW) {
         ops::elementwise::adamw(self, p, g, m, v, h)
     }
+    fn adamw_multi(&self, ts: &mut [tern_backend::multi::AdamWTensor<'_, Self>], h: AdamW) {
+        ops::multi::adamw_multi(self, ts, h)
+    }
+    fn matmul_many(&self, ps: &mut [tern_backend::multi::Product<'_, Self>]) {
+        ops::multi::matmul_many(self, ps)
+    }
 }

@@ -67,6 +67,7 @@ fn all() -> Vec<Variant> {
     v.extend(ops::gemm::variants());
     v.extend(ops::fused::variants());
     v.extend(ops::half::variants());
+    v.extend(ops::multi::variants());
     let rp = size_of::<ReduceParams>();
     v.push(fixed("dense/reduce_sq", REDUCE_SRC, &["SQUARE"], rp));
     v.push(fixed("dense/reduce", REDUCE_SRC, &["PLAIN"], rp));

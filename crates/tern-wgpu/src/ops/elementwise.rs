@@ -139,16 +139,32 @@ pub(crate) fn gate_backward(
     );
 }
 
-pub(crate) fn adamw(b: &Wgpu, p: &mut WBuf, g: &WBuf, m: &mut WBuf, v: &mut WBuf, h: AdamW) {
-    let n = p.len;
-    h.check("wgpu", n, g.len, m.len, v.len);
-    // The CPU's constants, computed the same way (f64 bias corrections).
+/// `f0..f6, one` of an AdamW step (dense_elem.wgsl's ADAMW, and the
+/// multi-tensor kernel's): the CPU's constants, computed the same way (f64
+/// bias corrections).
+pub(crate) fn adamw_words(h: AdamW) -> [f32; 8] {
     let t = h.step as i32;
     let bc1 = 1.0 - (h.beta1 as f64).powi(t);
     let bc2 = 1.0 - (h.beta2 as f64).powi(t);
     let step_size = (h.lr as f64 / bc1) as f32;
     let bc2_sqrt = bc2.sqrt() as f32;
     let decay = (1.0 - h.lr as f64 * h.weight_decay as f64) as f32;
+    [
+        decay,
+        1.0 - h.beta1,
+        h.beta2,
+        1.0 - h.beta2,
+        bc2_sqrt,
+        h.eps,
+        step_size,
+        1.0,
+    ]
+}
+
+pub(crate) fn adamw(b: &Wgpu, p: &mut WBuf, g: &WBuf, m: &mut WBuf, v: &mut WBuf, h: AdamW) {
+    let n = p.len;
+    h.check("wgpu", n, g.len, m.len, v.len);
+    let [f0, f1, f2, f3, f4, f5, f6, one] = adamw_words(h);
     elementwise(
         b,
         "dense/adamw",
@@ -156,14 +172,14 @@ pub(crate) fn adamw(b: &Wgpu, p: &mut WBuf, g: &WBuf, m: &mut WBuf, v: &mut WBuf
         n,
         &[&p.buf, &g.buf, &m.buf, &v.buf],
         ElemParams {
-            f0: decay,
-            f1: 1.0 - h.beta1,
-            f2: h.beta2,
-            f3: 1.0 - h.beta2,
-            f4: bc2_sqrt,
-            f5: h.eps,
-            f6: step_size,
-            one: 1.0,
+            f0,
+            f1,
+            f2,
+            f3,
+            f4,
+            f5,
+            f6,
+            one,
             ..Default::default()
         },
     );

@@ -16,6 +16,7 @@ pub(crate) mod fused;
 pub(crate) mod gemm;
 pub(crate) mod half;
 pub(crate) mod loss;
+pub(crate) mod multi;
 pub(crate) mod norm;
 pub(crate) mod reduce;
 pub(crate) mod rope;
