@@ -41,19 +41,26 @@ pub(crate) const DELTA: &str = include_str!("../../shaders/attention_delta.wgsl"
 
 /// Fewer workgroups than this and the forward splits the keys (decode).
 const SPLIT_TARGET: usize = 1024;
-/// Keys per split at least; `TERN_WGPU_SPLIT_KEYS` overrides it (a tuning
-/// knob: more splits fill more of a large GPU during decode, at the cost of
-/// the merge).
+/// Keys per split at least: 32 for decode (at most 8 new rows; on the H200
+/// a 1B model decodes 498 tok/s against 449 at 128, docs/benchmarks/
+/// wgpu-h200.md run 8), 128 otherwise. `TERN_WGPU_SPLIT_KEYS` overrides both
+/// (a tuning knob: more splits fill more of a large GPU, at the cost of the
+/// merge).
 const SPLIT_MIN_KEYS: usize = 128;
+const SPLIT_MIN_KEYS_DECODE: usize = 32;
 
-fn split_min_keys() -> usize {
-    static KEYS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *KEYS.get_or_init(|| {
+fn split_min_keys(n_new: usize) -> usize {
+    static KEYS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let knob = *KEYS.get_or_init(|| {
         std::env::var("TERN_WGPU_SPLIT_KEYS")
             .ok()
             .and_then(|v| v.parse().ok())
             .filter(|&n| n > 0)
-            .unwrap_or(SPLIT_MIN_KEYS)
+    });
+    knob.unwrap_or(if n_new <= 8 {
+        SPLIT_MIN_KEYS_DECODE
+    } else {
+        SPLIT_MIN_KEYS
     })
 }
 
@@ -313,7 +320,9 @@ pub(crate) fn attention(
         let wgs = qblocks * nkv * batch;
         let mut splits = 1;
         if wgs < SPLIT_TARGET {
-            splits = (SPLIT_TARGET / wgs).min(n_keys / split_min_keys()).max(1);
+            splits = (SPLIT_TARGET / wgs)
+                .min(n_keys / split_min_keys(n_new))
+                .max(1);
         }
         let chunk = n_keys.div_ceil(splits).next_multiple_of(keys);
         splits = n_keys.div_ceil(chunk);
